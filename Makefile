@@ -1,0 +1,25 @@
+# Anju: `make demo` and `make test` each set everything up first (see scripts/setup.sh).
+.PHONY: setup demo test lint bench clean
+
+VENV := .venv
+BIN := $(VENV)/bin
+
+setup:
+	@scripts/setup.sh
+
+demo: setup
+	$(BIN)/anju demo
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python bench/alarm_latency.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,169 @@
+"""The MQTT uplink to the county broker (aiomqtt): events out, acks and commands in.
+
+Topics are those of the contract (cloud_bridge/contract): `anju/v1/{county}/{hub_id}/{kind}`.
+On every connection the hub publishes a retained `online` status (its last will is a retained
+`offline`), subscribes to its own `ack` and `cmd`, and makes every unacknowledged event due at
+once. Events go out at QoS 1, most urgent first, each resent with the same id until an ack names
+it (timing in cloud_bridge.outbox). A heartbeat reports what is still pending. The connection is
+retried forever with capped exponential backoff and jitter; a malformed or unknown ack or
+command is logged and dropped, never raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiomqtt
+
+from cloud_bridge.contract import ContractError, decode, topic
+from cloud_bridge.outbox import Outbox
+from hub.config import MqttConfig
+from hub.model import iso_now
+
+log = logging.getLogger(__name__)
+
+AckHandler = Callable[[str, dict[str, Any]], Awaitable[None]]
+CommandHandler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class MqttUplink:
+    def __init__(
+        self,
+        config: MqttConfig,
+        hub_id: str,
+        county: str,
+        outbox: Outbox,
+        on_ack: AckHandler,
+        on_command: CommandHandler,
+        version: str = "",
+    ) -> None:
+        self.config = config
+        self.hub_id = hub_id
+        self.county = county
+        self.outbox = outbox
+        self._on_ack = on_ack
+        self._on_command = on_command
+        self._version = version
+        self._wake = asyncio.Event()
+        outbox.on_change(self._wake.set)
+        self.connected = asyncio.Event()
+        self._started = time.monotonic()
+        self._heartbeats = 0
+        self._dropped_logged: dict[str, float] = {}
+
+    def _topic(self, kind: str) -> str:
+        return topic(self.county, self.hub_id, kind)
+
+    def _status(self, state: str, **extra: Any) -> bytes:
+        message = {"schema": "anju.status/1", "hub_id": self.hub_id, "state": state, **extra}
+        return json.dumps(message).encode()
+
+    async def run(self) -> None:
+        """Stay connected forever; returns only when cancelled."""
+        delay = self.config.reconnect_min_s
+        while True:
+            try:
+                await self._session()
+            except aiomqtt.MqttError as exc:
+                log.warning("broker %s:%d unreachable or lost: %s", self.config.host, self.config.port, exc)
+            if self.connected.is_set():
+                delay = self.config.reconnect_min_s  # it was up: start the backoff afresh
+                self.connected.clear()
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+            delay = min(self.config.reconnect_max_s, delay * 2)
+
+    async def _session(self) -> None:
+        will = aiomqtt.Will(
+            self._topic("status"), self._status("offline", reason="connection lost"), qos=1, retain=True
+        )
+        try:
+            async with aiomqtt.Client(
+                self.config.host,
+                self.config.port,
+                identifier=self.hub_id,
+                protocol=aiomqtt.ProtocolVersion.V5,
+                will=will,
+                keepalive=self.config.keepalive_s,
+                timeout=10,
+            ) as client:
+                await client.subscribe(self._topic("ack"), qos=1)
+                await client.subscribe(self._topic("cmd"), qos=1)
+                await client.publish(
+                    self._topic("status"),
+                    self._status("online", at=iso_now(), version=self._version),
+                    qos=1,
+                    retain=True,
+                )
+                log.info("connected to broker %s:%d", self.config.host, self.config.port)
+                self.connected.set()
+                self.outbox.requeue_all()
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self._send_loop(client))
+                    tasks.create_task(self._heartbeat_loop(client))
+                    tasks.create_task(self._receive_loop(client))
+        except* aiomqtt.MqttError as group:
+            raise group.exceptions[0] from None
+
+    async def _send_loop(self, client: aiomqtt.Client) -> None:
+        event_topic = self._topic("event")
+        while True:
+            batch = self.outbox.take_due(limit=200)
+            for event, attempt in batch:
+                payload = json.dumps(event.to_message(attempt), ensure_ascii=False).encode()
+                await client.publish(event_topic, payload, qos=1)
+                if attempt > 1:
+                    log.info("resent %s #%s (attempt %d)", event.type.value, event.seq, attempt)
+            if batch:
+                continue
+            self._wake.clear()
+            wait = self.outbox.seconds_until_due()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+
+    async def _heartbeat_loop(self, client: aiomqtt.Client) -> None:
+        while True:
+            self._heartbeats += 1
+            oldest = self.outbox.oldest_pending_mono_ns()
+            message = {
+                "schema": "anju.heartbeat/1",
+                "hub_id": self.hub_id,
+                "seq": self._heartbeats,
+                "at": iso_now(),
+                "uptime_s": round(time.monotonic() - self._started, 3),
+                "pending": self.outbox.pending_counts(),
+                "oldest_pending_s": None if oldest is None else round((time.monotonic_ns() - oldest) / 1e9, 3),
+            }
+            await client.publish(self._topic("heartbeat"), json.dumps(message).encode(), qos=0)
+            await asyncio.sleep(self.config.heartbeat_s)
+
+    async def _receive_loop(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            kind = str(message.topic).rsplit("/", 1)[-1]
+            try:
+                body = decode(kind, message.payload)
+            except ContractError as exc:
+                self._log_dropped(kind, f"malformed {kind} dropped: {exc}")
+                continue
+            if kind == "ack":
+                if body["hub_id"] != self.hub_id:
+                    self._log_dropped(kind, f"ack for another hub ({body['hub_id']}) dropped")
+                    continue
+                await self._on_ack(body["event_id"], body)
+            elif kind == "cmd":
+                await self._on_command(body)
+
+    def _log_dropped(self, kind: str, text: str) -> None:
+        """Log a dropped message, at most once a minute per kind at warning level."""
+        now = time.monotonic()
+        if now - self._dropped_logged.get(kind, -1e9) > 60:
+            self._dropped_logged[kind] = now
+            log.warning(text)
+        else:
+            log.debug(text)

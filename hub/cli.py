@@ -1,0 +1,159 @@
+"""The `anju` command: one entry point, sub-commands a person can discover with --help.
+
+Exit status: 0 success; 1 a scenario expectation failed or the service stopped on an error;
+2 bad usage or a bad file (the message says which file, line and field).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from hub.config import ConfigError, load_config
+
+EPILOG = """\
+examples:
+  anju demo                                 play a whole simulated household and print what happened
+  anju simulate simulator/scenarios/bathroom-cord.yaml --json
+  anju run --config /etc/anju/hub.toml      run the hub service
+  anju centre --port 1883 --db centre.sqlite3
+  anju config check hub.toml
+"""
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anju",
+        description="Anju (安居) home-safety hub: pull-cords, smoke and fall sensors; local alerts; "
+        "reports to the county monitoring centre, never losing an alarm.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = sub.add_parser(
+        "demo",
+        help="play the bundled household scenario end to end and print a timeline",
+        description="Starts a private mosquitto, the reference centre and a hub with simulated "
+        "hardware, pulls a bathroom cord, takes the network away, kills the hub, and shows "
+        "that every alarm reaches the centre exactly once.",
+    )
+    demo.add_argument("--scenario", default="bathroom-cord", help="bundled scenario name (default: %(default)s)")
+    demo.add_argument("--json", action="store_true", help="print the result as JSON (docs/scenario-json.md)")
+    demo.add_argument("--workdir", type=Path, help="keep logs, journal and centre database here")
+
+    simulate = sub.add_parser(
+        "simulate",
+        help="play a scenario file (YAML timeline) and check its expectations",
+        description="Plays SCENARIO against real processes: a private mosquitto on a free "
+        "port, the reference centre and the hub with simulated hardware. Exit status 1 "
+        "when an expectation fails, 2 when the file is wrong.",
+    )
+    simulate.add_argument("scenario", type=Path, help="scenario YAML file (see simulator/scenarios/)")
+    simulate.add_argument("--json", action="store_true", help="print one JSON object (docs/scenario-json.md)")
+    simulate.add_argument("--workdir", type=Path, help="keep logs, journal and centre database here")
+
+    run = sub.add_parser(
+        "run",
+        help="run the hub service",
+        description="Runs the hub until SIGTERM. On a Raspberry Pi install it as a service (issue: install-service).",
+    )
+    run.add_argument("--config", type=Path, required=True, help="hub configuration (TOML)")
+
+    centre = sub.add_parser(
+        "centre",
+        help="run the reference monitoring centre (subscribe, store, acknowledge)",
+        description="Subscribes to every hub's events through the shared subscription "
+        "$share/centre/anju/v1/+/+/event, keeps one record per event id and acknowledges.",
+    )
+    centre.add_argument("--host", default="127.0.0.1", help="broker host (default: %(default)s)")
+    centre.add_argument("--port", type=int, default=1883, help="broker port (default: %(default)s)")
+    centre.add_argument("--db", type=Path, default=Path("centre.sqlite3"), help="SQLite file (default: %(default)s)")
+    centre.add_argument("--centre-id", default="centre-1", help="this worker's name in acks (default: %(default)s)")
+    centre.add_argument("--no-ack", action="store_true", help="record events but never acknowledge (fault tests)")
+    centre.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    config = sub.add_parser("config", help="check a configuration file without starting anything")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    check = config_sub.add_parser("check", help="validate a hub configuration; exit 2 with file:line: field: fix")
+    check.add_argument("file", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            config = load_config(args.config)
+            _setup_logging(config.log_level)
+            from hub.service import run_forever
+
+            run_forever(config)
+            return 0
+        if args.command == "config":
+            config = load_config(args.file)
+            print(
+                f"{args.file}: ok — hub {config.hub_id}, household {config.household_id}, "
+                f"{len(config.devices)} device(s)"
+            )
+            return 0
+        if args.command == "centre":
+            _setup_logging(args.log_level)
+            return _centre(args)
+        if args.command in ("simulate", "demo"):
+            return _simulate(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+def _centre(args: argparse.Namespace) -> int:
+    from hub.notify import sd_notify
+    from simulator.centre import Centre
+
+    centre = Centre(args.host, args.port, args.db, args.centre_id, acknowledge=not args.no_ack)
+    try:
+        asyncio.run(centre.run(on_ready=lambda: sd_notify("READY=1")))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from simulator.runner import format_report, run_scenario
+    from simulator.scenario import bundled, load_scenario
+
+    path = bundled(args.scenario) if args.command == "demo" else args.scenario
+    if args.command == "demo" and not path.exists():
+        raise ConfigError(f"no bundled scenario {args.scenario!r} in {path.parent}")
+    scenario = load_scenario(path)
+    echo = None if args.json else (lambda line: print(line, flush=True))
+    if echo:
+        print(f"Playing {scenario.name}: {scenario.description or ''}".strip(), flush=True)
+        print("(live: steps as they happen; the full timeline follows)\n", flush=True)
+    result = asyncio.run(run_scenario(scenario, args.workdir, echo=echo))
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False, indent=2))
+    else:
+        print()
+        print(format_report(result))
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Typed configuration of a hub (pydantic), loaded from TOML, with errors that say what to fix.
+
+A wrong file never starts a hub half-configured: `load_config` either returns a complete
+`HubConfig` or raises `ConfigError` naming the file, the line, the field and what is allowed.
+`located_errors` turns a pydantic ValidationError into such lines for any file format; the
+scenario loader (YAML) uses it too.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hub.model import Device, DeviceKind, Household, Transport
+
+Identifier = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+DeviceId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+# BCM numbering: the 28 user GPIOs of the 40-pin header.
+BcmPin = Annotated[int, Field(ge=0, le=27)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceConfig(_Strict):
+    id: DeviceId
+    kind: DeviceKind
+    transport: Transport
+    pin: BcmPin | None = None
+    room: str | None = None
+
+    @model_validator(mode="after")
+    def _gpio_needs_pin(self) -> Self:
+        if self.transport is Transport.GPIO and self.pin is None:
+            raise ValueError(f"device {self.id!r} uses transport gpio, so it needs `pin` (BCM number 0-27)")
+        return self
+
+    def to_device(self) -> Device:
+        return Device(self.id, self.kind, self.transport, self.pin, self.room)
+
+
+class GpioConfig(_Strict):
+    pin_factory: str = Field(
+        "default",
+        description="gpiozero pin factory: 'default' (lgpio on a Raspberry Pi), 'mock', or 'anju-sim'",
+    )
+    bounce_ms: int = Field(50, ge=0, le=1000)
+    siren_pin: BcmPin | None = 27
+    led_pin: BcmPin | None = 22
+
+
+class AudioConfig(_Strict):
+    player: Literal["aplay", "record", "none"] = "aplay"
+    voice: str = "cmn"
+    aplay_device: str | None = None
+    prompts_dir: Path | None = Field(None, description="WAV files named after prompts; they win over espeak-ng")
+    cache_dir: Path | None = Field(None, description="where rendered prompts are kept (default: data_dir/prompts)")
+    record_file: Path | None = Field(None, description="with player=record: where each playback is written")
+
+
+class MqttConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    keepalive_s: int = Field(30, ge=5, le=600)
+    heartbeat_s: float = Field(60.0, gt=0, le=3600)
+    reconnect_min_s: float = Field(0.5, gt=0, le=60)
+    reconnect_max_s: float = Field(30.0, gt=0, le=600)
+
+
+class OutboxConfig(_Strict):
+    resend_first_s: float = Field(3.0, gt=0, le=600)
+    resend_cap_s: float = Field(60.0, gt=0, le=3600)
+    jitter: float = Field(0.5, ge=0, le=1)
+
+
+class HubConfig(_Strict):
+    hub_id: Identifier
+    county: Identifier
+    household_id: Identifier
+    data_dir: Path
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    devices: list[DeviceConfig] = []
+    gpio: GpioConfig = GpioConfig()
+    audio: AudioConfig = AudioConfig()
+    mqtt: MqttConfig = MqttConfig()
+    outbox: OutboxConfig = OutboxConfig()
+
+    @model_validator(mode="after")
+    def _devices_are_distinct(self) -> Self:
+        seen: dict[str, str] = {}
+        pins: dict[int, str] = {}
+        outputs = {self.gpio.siren_pin: "the siren", self.gpio.led_pin: "the LED"}
+        for device in self.devices:
+            if device.id in seen:
+                raise ValueError(f"device id {device.id!r} is used twice; each device needs its own id")
+            seen[device.id] = device.id
+            if device.pin is not None:
+                if device.pin in pins:
+                    raise ValueError(f"devices {pins[device.pin]!r} and {device.id!r} both use pin {device.pin}")
+                if device.pin in outputs:
+                    raise ValueError(f"device {device.id!r} uses pin {device.pin}, which drives {outputs[device.pin]}")
+                pins[device.pin] = device.id
+        return self
+
+    def household(self) -> Household:
+        return Household(self.household_id, self.county, tuple(d.to_device() for d in self.devices))
+
+
+class ConfigError(ValueError):
+    """A configuration or scenario file is wrong; the message names file, line, field and the fix."""
+
+
+def load_config(path: Path) -> HubConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror or exc}") from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        config = HubConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(located_errors(exc, path, lambda loc: toml_line(text, loc)))) from exc
+    if not config.data_dir.is_absolute():
+        config = config.model_copy(update={"data_dir": (path.parent / config.data_dir).resolve()})
+    return config
+
+
+def located_errors(exc: ValidationError, path: Path, line_of: Callable[[Sequence[int | str]], int | None]) -> list[str]:
+    """One line per problem: `file:line: field: what is wrong (what is allowed)`."""
+    lines = []
+    for error in exc.errors():
+        loc = [part for part in error["loc"] if not (isinstance(part, str) and part.startswith("function-"))]
+        field = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in loc).replace(".[", "[") or "(top)"
+        line = line_of(loc)
+        where = f"{path}:{line}" if line else str(path)
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling; see --help or docs/ for the keys allowed here)"
+        elif error["type"] in ("enum", "literal_error") and "expected" in error.get("ctx", {}):
+            message = f"{message}; got {error.get('input')!r}"
+        lines.append(f"{where}: {field}: {message}")
+    return lines
+
+
+def toml_line(text: str, loc: Sequence[int | str]) -> int | None:
+    """Best-effort line number of a pydantic location in TOML text (tomllib keeps no positions).
+
+    Walks table headers (`[a]`, `[[a]]`, counting array-of-tables entries) and `key =` lines;
+    returns the deepest line it could place, or None.
+    """
+    lines = text.splitlines()
+    start, end = 0, len(lines)
+    found: int | None = None
+    keys = [str(p) for p in loc]
+    index = 0
+    while index < len(keys):
+        key = keys[index]
+        nxt = loc[index + 1] if index + 1 < len(loc) else None
+        if isinstance(nxt, int):  # array of tables: [[key]] number nxt
+            headers = [i for i in range(start, end) if re.match(rf"^\s*\[\[\s*{re.escape(key)}\s*\]\]", lines[i])]
+            if nxt < len(headers):
+                start = headers[nxt]
+                found = start + 1
+                end = next((i for i in range(start + 1, len(lines)) if re.match(r"^\s*\[", lines[i])), len(lines))
+                index += 2
+                continue
+        header = next(
+            (i for i in range(start, len(lines)) if re.match(rf"^\s*\[\s*{re.escape(key)}\s*\]", lines[i])), None
+        )
+        assignment = next((i for i in range(start, end) if re.match(rf"^\s*{re.escape(key)}\s*=", lines[i])), None)
+        if assignment is not None:
+            found = assignment + 1
+            start = assignment
+        elif header is not None:
+            found = header + 1
+            start = header
+            end = next((i for i in range(header + 1, len(lines)) if re.match(r"^\s*\[", lines[i])), len(lines))
+        else:
+            break
+        index += 1
+    return found

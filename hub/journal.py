@@ -1,0 +1,230 @@
+"""The hub's journal: one SQLite file (WAL mode) holding every event and whether the centre has it.
+
+It is the only writer of the hub's durable state. An event is committed with a full sync
+(`synchronous=FULL`: the WAL is fsynced on every commit) before any uplink may send it; its
+`seq` is the per-hub sequence number (SQLite AUTOINCREMENT: strictly increasing, never reused).
+After a crash or a restart `unacknowledged()` returns every event the centre has not confirmed.
+
+`Journal` is synchronous and owned by one thread; `AsyncJournal` runs it on a dedicated worker
+thread so that fsync never stalls the event loop (and so never delays a siren).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hub.model import Event, EventType
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq               INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id          TEXT NOT NULL UNIQUE,
+    type              TEXT NOT NULL,
+    priority          INTEGER NOT NULL,
+    hub_id            TEXT NOT NULL,
+    household_id      TEXT NOT NULL,
+    county            TEXT NOT NULL,
+    device_id         TEXT,
+    device_counter    INTEGER,
+    occurred_at       TEXT NOT NULL,
+    observed_mono_ns  INTEGER NOT NULL,
+    alerted_mono_ns   INTEGER,
+    journaled_mono_ns INTEGER NOT NULL,
+    details           TEXT NOT NULL,
+    acked_at          TEXT,
+    acked_mono_ns     INTEGER,
+    ack_via           TEXT
+);
+CREATE INDEX IF NOT EXISTS events_unacked ON events (priority, seq) WHERE acked_at IS NULL;
+"""
+
+_COLUMNS = (
+    "seq, event_id, type, hub_id, household_id, county, device_id, device_counter, occurred_at,"
+    " observed_mono_ns, alerted_mono_ns, journaled_mono_ns, details, acked_at, acked_mono_ns, ack_via"
+)
+
+
+class JournalError(RuntimeError):
+    """The journal file cannot be opened or written; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class JournalRecord:
+    """An event as the journal holds it, with what happened to it on this hub."""
+
+    event: Event
+    alerted_mono_ns: int | None
+    journaled_mono_ns: int
+    acked_at: str | None
+    acked_mono_ns: int | None
+    ack_via: str | None
+
+    @property
+    def acknowledged(self) -> bool:
+        return self.acked_at is not None
+
+
+class Journal:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(f"cannot open the journal {path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    def append(self, event: Event, alerted_mono_ns: int | None = None) -> Event:
+        """Commit `event` durably and return it with its sequence number.
+
+        Appending an event id that is already journaled returns the stored event unchanged.
+        """
+        existing = self.get(event.event_id)
+        if existing is not None:
+            return existing.event
+        try:
+            cursor = self._db.execute(
+                "INSERT INTO events (event_id, type, priority, hub_id, household_id, county, device_id,"
+                " device_counter, occurred_at, observed_mono_ns, alerted_mono_ns, journaled_mono_ns, details)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    event.event_id,
+                    event.type.value,
+                    int(event.priority),
+                    event.hub_id,
+                    event.household_id,
+                    event.county,
+                    event.device_id,
+                    event.device_counter,
+                    event.occurred_at.astimezone(UTC).isoformat(),
+                    event.observed_mono_ns,
+                    alerted_mono_ns,
+                    time.monotonic_ns(),
+                    json.dumps(event.details, ensure_ascii=False, sort_keys=True),
+                ),
+            )
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot write event {event.event_id} to {self.path}: {exc}") from exc
+        seq = cursor.lastrowid
+        assert seq is not None
+        return event.with_seq(seq)
+
+    def mark_acked(self, event_id: str, via: str, at: datetime | None = None) -> JournalRecord | None:
+        """Record the centre's acknowledgement. Returns the record if this ack was the first, else None."""
+        moment = (at or datetime.now(UTC)).astimezone(UTC).isoformat()
+        cursor = self._db.execute(
+            "UPDATE events SET acked_at = ?, acked_mono_ns = ?, ack_via = ? WHERE event_id = ? AND acked_at IS NULL",
+            (moment, time.monotonic_ns(), via, event_id),
+        )
+        if cursor.rowcount == 0:
+            return None
+        return self.get(event_id)
+
+    def get(self, event_id: str) -> JournalRecord | None:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM events WHERE event_id = ?", (event_id,)).fetchone()
+        return _record(row) if row else None
+
+    def unacknowledged(self) -> list[Event]:
+        """Every event the centre has not confirmed, alarms first, oldest first within a priority."""
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM events WHERE acked_at IS NULL ORDER BY priority, seq"
+        ).fetchall()
+        return [_record(row).event for row in rows]
+
+    def records(self) -> list[JournalRecord]:
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM events ORDER BY seq").fetchall()
+        return [_record(row) for row in rows]
+
+    def pending_counts(self) -> dict[str, int]:
+        rows = self._db.execute(
+            "SELECT priority, COUNT(*) FROM events WHERE acked_at IS NULL GROUP BY priority"
+        ).fetchall()
+        counts = {"alarm": 0, "fault": 0, "info": 0}
+        labels = {0: "alarm", 1: "fault", 2: "info"}
+        for priority, count in rows:
+            counts[labels[priority]] = count
+        return counts
+
+
+def _record(row: tuple[Any, ...]) -> JournalRecord:
+    (
+        seq,
+        event_id,
+        type_,
+        hub_id,
+        household_id,
+        county,
+        device_id,
+        device_counter,
+        occurred_at,
+        observed_mono_ns,
+        alerted_mono_ns,
+        journaled_mono_ns,
+        details,
+        acked_at,
+        acked_mono_ns,
+        ack_via,
+    ) = row
+    event = Event(
+        type=EventType(type_),
+        hub_id=hub_id,
+        household_id=household_id,
+        county=county,
+        device_id=device_id,
+        event_id=event_id,
+        seq=seq,
+        occurred_at=datetime.fromisoformat(occurred_at),
+        observed_mono_ns=observed_mono_ns,
+        device_counter=device_counter,
+        details=json.loads(details),
+    )
+    return JournalRecord(event, alerted_mono_ns, journaled_mono_ns, acked_at, acked_mono_ns, ack_via)
+
+
+T = TypeVar("T")
+
+
+class AsyncJournal:
+    """The journal for asyncio code: every call runs on one dedicated thread, in order."""
+
+    def __init__(self, path: Path) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        self._journal = self._executor.submit(Journal, path).result()
+
+    @property
+    def path(self) -> Path:
+        return self._journal.path
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def append(self, event: Event, alerted_mono_ns: int | None = None) -> Event:
+        return await self._run(self._journal.append, event, alerted_mono_ns)
+
+    async def mark_acked(self, event_id: str, via: str) -> JournalRecord | None:
+        return await self._run(self._journal.mark_acked, event_id, via)
+
+    async def unacknowledged(self) -> list[Event]:
+        return await self._run(self._journal.unacknowledged)
+
+    async def pending_counts(self) -> dict[str, int]:
+        return await self._run(self._journal.pending_counts)
+
+    def close(self) -> None:
+        self._executor.submit(self._journal.close).result()
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,146 @@
+"""The hub service's composition root: builds the adapters, rules, journal, outbox and uplink, and
+wires them in the order the alarm path promises.
+
+    pin edge -> rules (siren, voice: at once) -> journal (fsync) -> outbox -> MQTT -> centre
+    centre ack -> outbox (stop resending) -> journal (acked) -> rules ("监控中心已收到")
+
+Start-up order: journal (so unacknowledged events are queued again), then the GPIO inputs and
+outputs (a pull-cord works from here on, even with no network), then the voice prompts, then
+the uplink. It tells systemd (or the scenario runner) READY=1 once inputs and prompts are live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from cloud_bridge.mqtt import MqttUplink
+from cloud_bridge.outbox import Outbox, RetryPolicy
+from edge.audio import AplayPlayer, Player, RecordingPlayer, SilentPlayer, VoicePrompts
+from edge.gpio import PinInputs, Siren, StatusLed, load_pin_factory
+from hub.config import AudioConfig, HubConfig
+from hub.journal import AsyncJournal, JournalError
+from hub.model import Device, Event
+from hub.notify import sd_notify
+from hub.rules import Rules
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+
+
+def _player(config: AudioConfig, data_dir: Any) -> Player:
+    if config.player == "aplay":
+        return AplayPlayer(config.aplay_device)
+    if config.player == "record":
+        return RecordingPlayer(config.record_file or data_dir / "prompts-played.jsonl")
+    return SilentPlayer()
+
+
+class HubService:
+    def __init__(self, config: HubConfig) -> None:
+        self.config = config
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        config = self.config
+        loop = asyncio.get_running_loop()
+        stop = stop or asyncio.Event()
+        data_dir = config.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+
+        self.journal = AsyncJournal(data_dir / "journal.sqlite3")
+        retry = RetryPolicy(config.outbox.resend_first_s, config.outbox.resend_cap_s, config.outbox.jitter)
+        self.outbox = Outbox(retry)
+        backlog = await self.journal.unacknowledged()
+        self.outbox.extend(backlog)
+        if backlog:
+            log.warning("%d event(s) from before the restart still await the centre; resending", len(backlog))
+
+        factory = load_pin_factory(config.gpio.pin_factory)
+        self.siren = Siren(config.gpio.siren_pin, factory)
+        self.led = StatusLed(config.gpio.led_pin, factory)
+        self.voice = VoicePrompts(
+            _player(config.audio, data_dir),
+            config.audio.cache_dir or data_dir / "prompts",
+            config.audio.voice,
+            config.audio.prompts_dir,
+        )
+        self.rules = Rules(
+            config.hub_id, config.household_id, config.county, self.siren, self.led, self.voice, self._emit
+        )
+
+        def from_pin_thread(device: Device, active: bool, mono_ns: int) -> None:
+            loop.call_soon_threadsafe(self.rules.on_input, device, active, mono_ns)
+
+        self.inputs = PinInputs(config.household().devices, from_pin_thread, config.gpio.bounce_ms, factory)
+        missing = await asyncio.to_thread(self.voice.prepare)
+        if missing:
+            log.error("voice prompts missing: %s (alarms still sound the siren)", ", ".join(missing))
+
+        self.uplink = MqttUplink(
+            config.mqtt, config.hub_id, config.county, self.outbox, self._on_ack, self._on_command, VERSION
+        )
+        uplink_task = asyncio.create_task(self.uplink.run(), name="mqtt-uplink")
+        sd_notify("READY=1")
+        log.info(
+            "hub %s ready: %d device(s), %d event(s) pending", config.hub_id, len(config.devices), len(self.outbox)
+        )
+        try:
+            await stop.wait()
+        finally:
+            uplink_task.cancel()
+            await asyncio.gather(uplink_task, return_exceptions=True)
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            self.inputs.close()
+            self.siren.close()
+            self.led.close()
+            self.voice.close()
+            self.journal.close()
+
+    def _emit(self, event: Event, alerted_mono_ns: int | None) -> None:
+        task = asyncio.get_running_loop().create_task(self._record(event, alerted_mono_ns))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _record(self, event: Event, alerted_mono_ns: int | None) -> None:
+        """Durable before reported: journal (fsync), then queue for the uplink. Never gives up."""
+        delay = 0.1
+        while True:
+            try:
+                journaled = await self.journal.append(event, alerted_mono_ns)
+                break
+            except JournalError as exc:
+                log.critical("%s; the event is held in memory and retried in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        self.outbox.add(journaled)
+
+    async def _on_ack(self, event_id: str, ack: dict[str, Any]) -> None:
+        event = self.outbox.ack(event_id)
+        if event is None:
+            log.debug("ack for %s ignored: not pending (already acknowledged or unknown)", event_id)
+            return
+        await self.journal.mark_acked(event_id, "mqtt")
+        log.info("centre acknowledged %s #%s", event.type.value, event.seq)
+        self.rules.on_acknowledged(event)
+
+    async def _on_command(self, cmd: dict[str, Any]) -> None:
+        result = self.rules.on_command(cmd["command"], cmd.get("args", {}))
+        log.info("command %s (%s) from the centre: %s", cmd["command"], cmd["cmd_id"], result)
+
+
+def run_forever(config: HubConfig) -> None:
+    """Run the hub until SIGTERM or SIGINT."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await HubService(config).run(stop)
+
+    asyncio.run(main())

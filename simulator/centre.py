@@ -1,0 +1,215 @@
+"""The reference monitoring centre: subscribes to every hub's events, keeps one record per event id
+however often it arrives, and acknowledges every copy.
+
+Several centre processes share the load through the MQTT 5 shared subscription
+`$share/centre/anju/v1/+/+/event`; they may share one SQLite file (WAL, busy timeout) because the
+event id is the primary key. An event is committed (fsync) before its ack is published, so an
+acknowledged alarm is never lost by the centre either. `anju centre` runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from cloud_bridge.contract import ContractError, decode, topic
+from hub.model import iso_now
+
+log = logging.getLogger(__name__)
+
+SHARE_GROUP = "centre"
+EVENT_FILTER = f"$share/{SHARE_GROUP}/anju/v1/+/+/event"
+STATUS_FILTER = "anju/v1/+/+/status"
+HEARTBEAT_FILTER = f"$share/{SHARE_GROUP}/anju/v1/+/+/heartbeat"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    event_id               TEXT PRIMARY KEY,
+    hub_id                 TEXT NOT NULL,
+    county                 TEXT NOT NULL,
+    seq                    INTEGER NOT NULL,
+    type                   TEXT NOT NULL,
+    priority               TEXT NOT NULL,
+    device_id              TEXT,
+    occurred_at            TEXT NOT NULL,
+    first_received_at      TEXT NOT NULL,
+    first_received_mono_ns INTEGER NOT NULL,
+    received_by            TEXT NOT NULL,
+    copies                 INTEGER NOT NULL DEFAULT 1,
+    message                TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_hub ON events (hub_id, seq);
+CREATE TABLE IF NOT EXISTS hubs (
+    hub_id            TEXT PRIMARY KEY,
+    county            TEXT NOT NULL,
+    state             TEXT,
+    state_at          TEXT,
+    last_heartbeat_at TEXT,
+    heartbeat         TEXT
+);
+"""
+
+
+@dataclass(frozen=True)
+class Received:
+    copies: int
+
+    @property
+    def duplicate(self) -> bool:
+        return self.copies > 1
+
+
+class CentreStore:
+    """The centre's SQLite file. One record per event id; `copies` counts how often it arrived."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=10)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def record_event(self, message: dict[str, Any], received_by: str) -> Received:
+        row = self._db.execute(
+            "INSERT INTO events (event_id, hub_id, county, seq, type, priority, device_id, occurred_at,"
+            " first_received_at, first_received_mono_ns, received_by, message)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT (event_id) DO UPDATE SET copies = copies + 1 RETURNING copies",
+            (
+                message["event_id"],
+                message["hub_id"],
+                message["county"],
+                message["seq"],
+                message["type"],
+                message["priority"],
+                message["device_id"],
+                message["occurred_at"],
+                iso_now(),
+                time.monotonic_ns(),
+                received_by,
+                json.dumps(message, ensure_ascii=False),
+            ),
+        ).fetchone()
+        return Received(int(row[0]))
+
+    def record_status(self, hub_id: str, county: str, state: str) -> None:
+        self._db.execute(
+            "INSERT INTO hubs (hub_id, county, state, state_at) VALUES (?,?,?,?)"
+            " ON CONFLICT (hub_id) DO UPDATE SET state = excluded.state, state_at = excluded.state_at",
+            (hub_id, county, state, iso_now()),
+        )
+
+    def record_heartbeat(self, hub_id: str, county: str, heartbeat: dict[str, Any]) -> None:
+        self._db.execute(
+            "INSERT INTO hubs (hub_id, county, last_heartbeat_at, heartbeat) VALUES (?,?,?,?)"
+            " ON CONFLICT (hub_id) DO UPDATE SET last_heartbeat_at = excluded.last_heartbeat_at,"
+            " heartbeat = excluded.heartbeat",
+            (hub_id, county, iso_now(), json.dumps(heartbeat)),
+        )
+
+    def events(self) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT event_id, hub_id, seq, type, device_id, copies, first_received_mono_ns, received_by"
+            " FROM events ORDER BY hub_id, seq"
+        ).fetchall()
+        keys = ("event_id", "hub_id", "seq", "type", "device_id", "copies", "first_received_mono_ns", "received_by")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def hub_state(self, hub_id: str) -> str | None:
+        row = self._db.execute("SELECT state FROM hubs WHERE hub_id = ?", (hub_id,)).fetchone()
+        return row[0] if row else None
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class Centre:
+    def __init__(
+        self, host: str, port: int, db_path: Path, centre_id: str = "centre-1", acknowledge: bool = True
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.centre_id = centre_id
+        self.acknowledge = acknowledge
+        self.store = CentreStore(db_path)
+        self.connected = asyncio.Event()
+
+    async def run(self, on_ready: Any = None) -> None:
+        """Serve forever, reconnecting with backoff; `on_ready()` is called after the first subscribe."""
+        delay = 0.2
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    self.host,
+                    self.port,
+                    identifier=f"{self.centre_id}-{os.getpid()}",
+                    protocol=aiomqtt.ProtocolVersion.V5,
+                    keepalive=30,
+                    timeout=10,
+                ) as client:
+                    await client.subscribe(EVENT_FILTER, qos=1)
+                    await client.subscribe(STATUS_FILTER, qos=1)
+                    await client.subscribe(HEARTBEAT_FILTER, qos=0)
+                    self.connected.set()
+                    delay = 0.2
+                    log.info("centre %s listening on %s:%d", self.centre_id, self.host, self.port)
+                    if on_ready is not None:
+                        on_ready()
+                        on_ready = None
+                    async for message in client.messages:
+                        await self._handle(client, message)
+            except aiomqtt.MqttError as exc:
+                self.connected.clear()
+                log.warning("centre lost the broker: %s; retrying", exc)
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+            delay = min(delay * 2, 2.0)
+
+    async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        parts = str(message.topic).split("/")
+        if len(parts) != 5:
+            return
+        _, _, county, hub_id, kind = parts
+        try:
+            body = decode(kind, message.payload)
+        except ContractError as exc:
+            log.warning("dropped a malformed %s from %s: %s", kind, hub_id, exc)
+            return
+        if body["hub_id"] != hub_id:
+            log.warning("dropped a %s on %s's topic claiming to be from %s", kind, hub_id, body["hub_id"])
+            return
+        if kind == "event":
+            received = self.store.record_event(body, self.centre_id)
+            log.info(
+                "%s %s #%d from %s%s",
+                body["type"],
+                body["device_id"],
+                body["seq"],
+                hub_id,
+                " (duplicate)" if received.duplicate else "",
+            )
+            if self.acknowledge:
+                ack = {
+                    "schema": "anju.ack/1",
+                    "event_id": body["event_id"],
+                    "seq": body["seq"],
+                    "hub_id": hub_id,
+                    "centre_id": self.centre_id,
+                    "received_at": iso_now(),
+                    "duplicate": received.duplicate,
+                }
+                await client.publish(topic(county, hub_id, "ack"), json.dumps(ack).encode(), qos=1)
+        elif kind == "status":
+            self.store.record_status(hub_id, county, body["state"])
+            log.info("hub %s is %s", hub_id, body["state"])
+        elif kind == "heartbeat":
+            self.store.record_heartbeat(hub_id, county, body)

@@ -1,0 +1,427 @@
+"""Plays a scenario against real processes and reports what happened.
+
+It starts a private mosquitto on a free port, the reference centre (`anju centre`) and the hub
+(`anju run`) as separate processes, the hub configured with simulated pins (`anju-sim`) and a
+recording voice player. Then it plays the timeline: drives pins, stops and restarts the broker,
+SIGKILLs and restarts the hub. When every journaled event is acknowledged (or `settle` runs out)
+it reads the hub's journal, the centre's database and the recorded prompts and checks the
+expectations. The result's JSON shape is documented in docs/scenario-json.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from hub.model import EventType
+from simulator.broker import PrivateBroker
+from simulator.gpio import ENV_SOCKET, PinBench
+from simulator.scenario import Scenario, Step
+
+SIREN_PIN = 27
+LED_PIN = 22
+
+
+def default_prompt_cache() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "anju" / "prompts"
+
+
+@dataclass
+class Stimulus:
+    device: str
+    action: str
+    mono_ns: int
+
+
+@dataclass
+class Timeline:
+    t0_ns: int = 0
+    entries: list[tuple[int, str, str]] = field(default_factory=list)  # (mono_ns, source, text)
+    echo: Callable[[str], None] | None = None
+
+    def add(self, mono_ns: int, source: str, text: str) -> None:
+        self.entries.append((mono_ns, source, text))
+        if self.echo is not None:
+            self.echo(self.format_entry(mono_ns, source, text))
+
+    def format_entry(self, mono_ns: int, source: str, text: str) -> str:
+        return f"{(mono_ns - self.t0_ns) / 1e9:8.3f} s  {source:<8} {text}"
+
+    def sorted(self) -> list[tuple[int, str, str]]:
+        return sorted(self.entries, key=lambda entry: entry[0])
+
+
+class _Process:
+    """A child process that announces readiness with sd_notify on its own datagram socket."""
+
+    def __init__(self, name: str, argv: list[str], workdir: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.argv = argv
+        self.workdir = workdir
+        self.env = env
+        self.notify_path = workdir / f"{name}.notify"
+        self.log_path = workdir / f"{name}.log"
+        self.process: asyncio.subprocess.Process | None = None
+        self.starts = 0
+
+    async def start(self, timeout: float = 30.0) -> None:
+        self.notify_path.unlink(missing_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(self.notify_path))
+        sock.setblocking(False)
+        env = {**os.environ, **self.env, "NOTIFY_SOCKET": str(self.notify_path), "PYTHONUNBUFFERED": "1"}
+        log = self.log_path.open("ab")
+        self.process = await asyncio.create_subprocess_exec(
+            *self.argv, stdout=log, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL, env=env
+        )
+        log.close()
+        self.starts += 1
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    recv = asyncio.ensure_future(loop.sock_recv(sock, 4096))
+                    died = asyncio.ensure_future(self.process.wait())
+                    done, _ = await asyncio.wait({recv, died}, return_when=asyncio.FIRST_COMPLETED)
+                    if recv in done:
+                        died.cancel()
+                        if b"READY=1" in recv.result():
+                            return
+                        continue
+                    recv.cancel()
+                    raise RuntimeError(
+                        f"{self.name} exited with status {self.process.returncode} before it was"
+                        f" ready; see {self.log_path}:\n{self.tail()}"
+                    )
+        except TimeoutError:
+            raise RuntimeError(f"{self.name} was not ready within {timeout} s; see {self.log_path}") from None
+        finally:
+            sock.close()
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    async def kill(self) -> None:
+        if self.process and self.process.returncode is None:
+            self.process.send_signal(signal.SIGKILL)
+            await self.process.wait()
+
+    async def stop(self) -> None:
+        if self.process and self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout=10)
+            except TimeoutError:
+                await self.kill()
+
+
+class ScenarioRunner:
+    def __init__(
+        self,
+        scenario: Scenario,
+        workdir: Path,
+        prompt_cache: Path | None = None,
+        echo: Callable[[str], None] | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.workdir = workdir
+        self.prompt_cache = prompt_cache or default_prompt_cache()
+        self.timeline = Timeline(echo=echo)
+        self.stimuli: list[Stimulus] = []
+        self.hub_data = workdir / "hub"
+        self.prompts_file = workdir / "prompts-played.jsonl"
+        self.centre_db = workdir / "centre.sqlite3"
+
+    def _hub_config(self, broker: PrivateBroker) -> Path:
+        scenario = self.scenario
+        config: dict[str, Any] = {
+            "hub_id": scenario.effective_hub_id,
+            "county": scenario.household.county,
+            "household_id": scenario.household.id,
+            "data_dir": str(self.hub_data),
+            "log_level": "INFO",
+            "gpio": {"pin_factory": "anju-sim", "siren_pin": SIREN_PIN, "led_pin": LED_PIN},
+            "audio": {"player": "record", "record_file": str(self.prompts_file), "cache_dir": str(self.prompt_cache)},
+            "mqtt": {
+                "host": broker.host,
+                "port": broker.port,
+                "heartbeat_s": 5.0,
+                "reconnect_min_s": 0.2,
+                "reconnect_max_s": 1.0,
+            },
+            "outbox": {"resend_first_s": 2.0, "resend_cap_s": 10.0},
+            "devices": [device.model_dump(mode="json", exclude_none=True) for device in scenario.devices],
+        }
+        path = self.workdir / "hub.toml"
+        path.write_bytes(tomli_w.dumps(config).encode())
+        return path
+
+    async def run(self) -> dict[str, Any]:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        broker = PrivateBroker(self.workdir / "broker")
+        bench = PinBench(self.workdir / "gpio.sock")
+        cli = [sys.executable, "-m", "hub.cli"]
+        centre = _Process("centre", [*cli, "centre", "--port", "0", "--db", str(self.centre_db)], self.workdir, {})
+        hub = _Process("hub", [*cli, "run", "--config", "-"], self.workdir, {ENV_SOCKET: str(bench.path)})
+        releases: set[asyncio.Task[None]] = set()
+        try:
+            broker.start()
+            centre.argv[centre.argv.index("0")] = str(broker.port)
+            hub.argv[-1] = str(self._hub_config(broker))
+            await bench.start()
+            await centre.start()
+            await hub.start()
+            await asyncio.wait_for(bench.connected.wait(), 10)
+            self.timeline.t0_ns = time.monotonic_ns()
+            self.timeline.add(
+                self.timeline.t0_ns,
+                "runner",
+                f"hub {self.scenario.effective_hub_id} ready; broker on port {broker.port}",
+            )
+            for step in self.scenario.ordered_steps():
+                delay = self.timeline.t0_ns / 1e9 + step.at - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await self._play(step, broker, bench, hub, releases)
+            await self._settle()
+            if releases:
+                await asyncio.gather(*releases)
+        finally:
+            for task in releases:
+                task.cancel()
+            await hub.stop()
+            await centre.stop()
+            broker.stop()
+            await bench.close()
+        self.timeline.echo = None  # what follows is reconstructed from the records, not live
+        result = self._result(bench)
+        result["duration_s"] = round(time.monotonic() - started, 3)
+        return result
+
+    async def _play(
+        self, step: Step, broker: PrivateBroker, bench: PinBench, hub: _Process, releases: set[asyncio.Task[None]]
+    ) -> None:
+        add = self.timeline.add
+        if step.device is not None and step.do is not None:
+            device = next(d for d in self.scenario.devices if d.id == step.device)
+            assert device.pin is not None
+            if step.do in ("pull", "press", "smoke"):
+                sent = await bench.drive(device.pin, 0)
+                self.stimuli.append(Stimulus(device.id, step.do, sent))
+                add(sent, "device", f"{device.id}: {step.do} (GPIO{device.pin} low)")
+                if step.do != "smoke":
+                    task = asyncio.create_task(self._release(bench, device.pin, step.hold))
+                    releases.add(task)
+            else:
+                sent = await bench.drive(device.pin, 1)
+                add(sent, "device", f"{device.id}: {step.do} (GPIO{device.pin} high)")
+        elif step.uplink == "down":
+            broker.stop()
+            add(time.monotonic_ns(), "network", "broker stopped: the hub's uplink is down")
+        elif step.uplink == "up":
+            broker.start()
+            add(time.monotonic_ns(), "network", "broker started again")
+        elif step.hub in ("kill", "restart"):
+            if step.hub == "kill":
+                await hub.kill()
+                add(time.monotonic_ns(), "hub", "SIGKILL: hub process killed")
+            else:
+                await hub.stop()
+                add(time.monotonic_ns(), "hub", "SIGTERM: hub process stopped")
+            bench.connected.clear()
+            await hub.start()
+            await asyncio.wait_for(bench.connected.wait(), 10)
+            add(time.monotonic_ns(), "hub", "hub process started again and ready")
+
+    async def _release(self, bench: PinBench, pin: int, hold: float) -> None:
+        await asyncio.sleep(hold)
+        with contextlib.suppress(RuntimeError):  # the hub may be down just then: the pin floats high anyway
+            await bench.drive(pin, 1)
+
+    async def _settle(self) -> None:
+        """Wait until the hub has journaled every stimulus and the centre acknowledged everything."""
+        expected_alarms = sum(1 for s in self.stimuli if s.action in ("pull", "press", "smoke"))
+        deadline = time.monotonic() + self.scenario.settle
+        while time.monotonic() < deadline:
+            records = _read_rows(self.hub_data / "journal.sqlite3", "SELECT type, acked_at FROM events")
+            alarms = sum(1 for type_, _ in records if type_.startswith("alarm."))
+            if alarms >= expected_alarms and all(acked for _, acked in records):
+                return
+            await asyncio.sleep(0.05)
+        self.timeline.add(time.monotonic_ns(), "runner", f"settle time ({self.scenario.settle} s) ran out")
+
+    def _result(self, bench: PinBench) -> dict[str, Any]:
+        journal = _read_rows(
+            self.hub_data / "journal.sqlite3",
+            "SELECT event_id, seq, type, priority, device_id, observed_mono_ns, alerted_mono_ns,"
+            " journaled_mono_ns, acked_mono_ns, hub_id FROM events ORDER BY seq",
+        )
+        centre_rows = _read_rows(
+            self.centre_db, "SELECT event_id, hub_id, seq, type, device_id, copies, first_received_mono_ns FROM events"
+        )
+        by_id = {row[0]: row for row in centre_rows}
+        by_seq: dict[tuple[str, int], int] = {}
+        for row in centre_rows:
+            by_seq[(row[1], row[2])] = by_seq.get((row[1], row[2]), 0) + 1
+        add = self.timeline.add
+        events = []
+        for event_id, seq, type_, priority, device, observed, alerted, journaled, acked, hub_id in journal:
+            stimulus = self._stimulus_for(device, observed)
+            centre = by_id.get(event_id)
+            copies = centre[5] if centre else 0
+            label = f"{type_} #{seq}"
+            if alerted:
+                add(alerted, "hub", f"{label}: siren on, voice prompt queued")
+            add(journaled, "journal", f"{label} committed (fsync)")
+            if centre:
+                add(centre[6], "centre", f"{label} received" + (f" ({copies} copies, 1 record)" if copies > 1 else ""))
+            if acked:
+                add(acked, "hub", f"{label}: centre's ack journaled")
+            events.append(
+                {
+                    "event_id": event_id,
+                    "seq": seq,
+                    "type": type_,
+                    "device": device,
+                    "priority": ("alarm", "fault", "info")[priority],
+                    "local_alert_ms": _ms(alerted, stimulus),
+                    "delivered": bool(acked) and centre is not None,
+                    "ack_ms": _ms(acked, stimulus),
+                    "centre_copies": copies,
+                    "centre_records": max(by_seq.get((hub_id, seq), 0), 1 if centre else 0),
+                }
+            )
+        prompts = []
+        if self.prompts_file.exists():
+            for line in self.prompts_file.read_text().splitlines():
+                played = json.loads(line)
+                prompts.append(played["prompt"])
+                add(played["mono_ns"], "voice", f"prompt {played['prompt']} played")
+        for change in _siren_onsets(bench):
+            add(change, "siren", "siren output on")
+        expectations = [self._check(expectation, events, centre_rows) for expectation in self.scenario.expect]
+        return {
+            "scenario": self.scenario.name,
+            "ok": all(item["ok"] for item in expectations),
+            "events": events,
+            "expectations": expectations,
+            "prompts": prompts,
+            "timeline": [
+                {"t_s": round((t - self.timeline.t0_ns) / 1e9, 4), "source": source, "text": text}
+                for t, source, text in self.timeline.sorted()
+            ],
+        }
+
+    def _stimulus_for(self, device: str | None, observed_mono_ns: int) -> Stimulus | None:
+        earlier = [s for s in self.stimuli if s.device == device and s.mono_ns <= observed_mono_ns]
+        return earlier[-1] if earlier else None
+
+    def _check(
+        self, expectation: Any, events: list[dict[str, Any]], centre_rows: list[tuple[Any, ...]]
+    ) -> dict[str, Any]:
+        kind = EventType(expectation.event).value
+        matching = [e for e in events if e["type"] == kind and (expectation.device in (None, e["device"]))]
+        at_centre = [r for r in centre_rows if r[3] == kind and (expectation.device in (None, r[4]))]
+        delivered = sum(1 for e in matching if e["delivered"])
+        copies = sum(r[5] for r in at_centre)
+        problems = []
+        if expectation.count is not None and len(matching) != expectation.count:
+            problems.append(f"expected {expectation.count}, the hub journaled {len(matching)}")
+        if expectation.count is None and not matching:
+            problems.append("the hub journaled none")
+        if expectation.delivered is True and delivered != len(matching):
+            problems.append(f"only {delivered} of {len(matching)} acknowledged by the centre")
+        if expectation.delivered is False and delivered:
+            problems.append(f"{delivered} delivered, expected none")
+        if expectation.delivered and len(at_centre) != len(matching):
+            problems.append(f"the centre holds {len(at_centre)} records for {len(matching)} events")
+        who = f" from {expectation.device}" if expectation.device else ""
+        detail = (
+            f"{len(matching)} {kind}{who} journaled, {delivered} acknowledged; the centre holds "
+            f"{len(at_centre)} record(s) from {copies} cop{'y' if copies == 1 else 'ies'}"
+        )
+        spec = expectation.model_dump(mode="json", exclude_none=True)
+        return {
+            "expect": spec,
+            "ok": not problems,
+            "detail": detail + ("" if not problems else " — " + "; ".join(problems)),
+        }
+
+
+def _siren_onsets(bench: PinBench) -> list[int]:
+    """Times the siren went on after having been off for at least 2 s (the start of each sounding)."""
+    onsets, last_off = [], None
+    for change in bench.outputs:
+        if change.pin != SIREN_PIN:
+            continue
+        if change.level and (last_off is None or change.mono_ns - last_off > 2_000_000_000 or not onsets):
+            onsets.append(change.mono_ns)
+        if not change.level:
+            last_off = change.mono_ns
+    return onsets
+
+
+def _ms(later: int | None, stimulus: Stimulus | None) -> float | None:
+    if later is None or stimulus is None:
+        return None
+    return round((later - stimulus.mono_ns) / 1e6, 3)
+
+
+def _read_rows(path: Path, query: str) -> list[tuple[Any, ...]]:
+    if not path.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+        try:
+            return db.execute(query).fetchall()
+        except sqlite3.OperationalError:
+            return []  # the hub has not created its tables yet
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The human-readable account printed by `anju simulate` and `anju demo`."""
+    lines = [f"Scenario {result['scenario']}", ""]
+    lines += [f"{entry['t_s']:8.3f} s  {entry['source']:<8} {entry['text']}" for entry in result["timeline"]]
+    lines += ["", "Events:"]
+    for event in result["events"]:
+        alert = "—" if event["local_alert_ms"] is None else f"{event['local_alert_ms']:.1f} ms"
+        ack = "—" if event["ack_ms"] is None else f"{event['ack_ms']:.1f} ms"
+        lines.append(
+            f"  #{event['seq']:<3} {event['type']:<18} {event['device'] or '-':<12} local alert {alert:>9}"
+            f"   acked after {ack:>10}   centre: {event['centre_records']} record, {event['centre_copies']} copies"
+        )
+    lines += ["", "Expectations:"]
+    for item in result["expectations"]:
+        lines.append(f"  [{'ok' if item['ok'] else 'FAILED'}] {item['detail']}")
+    lines += ["", "All expectations held." if result["ok"] else "Some expectations FAILED."]
+    return "\n".join(lines)
+
+
+async def run_scenario(
+    scenario: Scenario,
+    workdir: Path | None = None,
+    echo: Callable[[str], None] | None = None,
+    prompt_cache: Path | None = None,
+) -> dict[str, Any]:
+    if workdir is not None:
+        return await ScenarioRunner(scenario, workdir, prompt_cache, echo).run()
+    with tempfile.TemporaryDirectory(prefix="anju-scenario-") as tmp:
+        return await ScenarioRunner(scenario, Path(tmp), prompt_cache, echo).run()

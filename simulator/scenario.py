@@ -1,0 +1,155 @@
+"""Scenario files: a household, its devices, a timeline of steps and the expectations to check.
+
+    name: bathroom-cord
+    household: {id: hh-0001, county: minle}
+    devices:
+      - {id: cord-bath, kind: pullcord, transport: gpio, pin: 17}
+    steps:
+      - {at: 1.0, device: cord-bath, do: pull}
+      - {at: 2.0, uplink: down}        # the broker process stops
+      - {at: 6.0, uplink: up}
+      - {at: 7.0, hub: kill}           # SIGKILL the hub process, then start it again
+    expect:
+      - {event: alarm.emergency, device: cord-bath, count: 2, delivered: true}
+
+`load_scenario` validates everything before anything runs; a mistake is reported with the file,
+the line, the field and what is allowed (hub.config.located_errors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hub.config import ConfigError, DeviceConfig, Identifier, located_errors
+from hub.model import DeviceKind, EventType, Transport
+
+# What each device kind can be made to do, per transport.
+GPIO_ACTIONS: dict[DeviceKind, frozenset[str]] = {
+    DeviceKind.PULLCORD: frozenset({"pull", "release"}),
+    DeviceKind.BUTTON: frozenset({"press", "release"}),
+    DeviceKind.SOS: frozenset({"press", "release"}),
+    DeviceKind.SMOKE: frozenset({"smoke", "clear"}),
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HouseholdSpec(_Strict):
+    id: Identifier
+    county: Identifier
+
+
+class Step(_Strict):
+    at: Annotated[float, Field(ge=0, le=86_400, description="seconds after the hub is first ready")]
+    device: str | None = None
+    do: str | None = None
+    hold: Annotated[float, Field(gt=0, le=60)] = 0.3
+    uplink: Literal["up", "down"] | None = None
+    hub: Literal["kill", "restart"] | None = None
+
+    @model_validator(mode="after")
+    def _one_action(self) -> Self:
+        actions = [name for name in ("device", "uplink", "hub") if getattr(self, name) is not None]
+        if len(actions) != 1:
+            raise ValueError(
+                f"a step needs exactly one of `device` (with `do`), `uplink` or `hub`; this one has {actions or 'none'}"
+            )
+        if self.device is not None and self.do is None:
+            raise ValueError(f"step for device {self.device!r} needs `do` (what the device does)")
+        if self.device is None and self.do is not None:
+            raise ValueError("`do` needs `device`")
+        return self
+
+
+class Expectation(_Strict):
+    event: EventType
+    device: str | None = None
+    count: Annotated[int, Field(ge=0)] | None = None
+    delivered: bool | None = None
+
+
+class Scenario(_Strict):
+    name: str
+    description: str | None = None
+    household: HouseholdSpec
+    hub_id: Identifier | None = None
+    devices: list[DeviceConfig]
+    steps: list[Step] = []
+    expect: list[Expectation] = []
+    settle: Annotated[float, Field(gt=0, le=600, description="seconds to wait after the last step")] = 20.0
+
+    @model_validator(mode="after")
+    def _references(self) -> Self:
+        devices = {d.id: d for d in self.devices}
+        for step in self.steps:
+            if step.device is None:
+                continue
+            device = devices.get(step.device)
+            if device is None:
+                raise ValueError(
+                    f"step at {step.at} names device {step.device!r}, which is not in `devices`"
+                    f" (known: {', '.join(devices) or 'none'})"
+                )
+            allowed = GPIO_ACTIONS.get(device.kind, frozenset()) if device.transport is Transport.GPIO else set()
+            if step.do not in allowed:
+                raise ValueError(
+                    f"device {device.id!r} ({device.kind.value} on {device.transport.value}) cannot"
+                    f" {step.do!r}; it can: {', '.join(sorted(allowed)) or 'nothing yet'}"
+                )
+        for expectation in self.expect:
+            if expectation.device is not None and expectation.device not in devices:
+                raise ValueError(f"expectation names device {expectation.device!r}, which is not in `devices`")
+        return self
+
+    @property
+    def effective_hub_id(self) -> str:
+        return self.hub_id or f"hub-{self.household.id}"
+
+    def ordered_steps(self) -> list[Step]:
+        return sorted(self.steps, key=lambda step: step.at)
+
+
+def load_scenario(path: Path) -> Scenario:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the scenario: {exc.strerror or exc}") from exc
+    try:
+        raw = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}:1: a scenario is a mapping with name, household, devices, steps, expect")
+    try:
+        return Scenario.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(located_errors(exc, path, lambda loc: yaml_line(root, loc)))) from exc
+
+
+def yaml_line(root: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
+    """The 1-based line of the deepest YAML node that `loc` reaches."""
+    node, line = root, (root.start_mark.line + 1 if root is not None else None)
+    for part in loc:
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            child = next((value for key, value in node.value if getattr(key, "value", None) == part), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            child = node.value[part]
+        if child is None:
+            break
+        node, line = child, child.start_mark.line + 1
+    return line
+
+
+def bundled(name: str) -> Path:
+    """A scenario shipped in simulator/scenarios/ (`name` without .yaml)."""
+    return Path(str(files("simulator") / "scenarios" / f"{name}.yaml"))

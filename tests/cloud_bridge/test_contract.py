@@ -1,0 +1,404 @@
+"""The centre contract: the schemas accept what the hub produces and reject what breaks them."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cloud_bridge import contract
+from cloud_bridge.contract import MESSAGE_KINDS, ContractError, kind_of_topic, topic, validate
+from hub.model import Event, EventType
+
+CONTRACT_DIR = Path(contract.__file__).parent
+UUID = "0190a6c2-7d4e-7b3a-8f00-1234567890ab"
+WHEN = "2024-07-01T08:30:00.123Z"
+
+
+def _event(**overrides: Any) -> Event:
+    fields: dict[str, Any] = {
+        "type": EventType.ALARM_EMERGENCY,
+        "hub_id": "hub-0001",
+        "household_id": "hh-42",
+        "county": "anxi",
+        "device_id": "pullcord_bedroom",
+        "device_counter": 17,
+        "details": {"room": "bedroom", "battery_pct": 88},
+    }
+    fields.update(overrides)
+    return Event(**fields)
+
+
+def _good(kind: str) -> dict[str, Any]:
+    """One valid message of each kind, with every optional field present."""
+    if kind == "event":
+        return _event().with_seq(1).to_message(attempt=1)
+    examples: dict[str, dict[str, Any]] = {
+        "ack": {
+            "schema": "anju.ack/1",
+            "event_id": UUID,
+            "seq": 1,
+            "hub_id": "hub-0001",
+            "centre_id": "centre-anxi-1",
+            "received_at": WHEN,
+            "duplicate": False,
+        },
+        "status": {
+            "schema": "anju.status/1",
+            "hub_id": "hub-0001",
+            "state": "online",
+            "at": WHEN,
+            "reason": "boot",
+            "version": "0.1.0",
+        },
+        "heartbeat": {
+            "schema": "anju.heartbeat/1",
+            "hub_id": "hub-0001",
+            "seq": 3,
+            "at": WHEN,
+            "uptime_s": 180.5,
+            "pending": {"alarm": 0, "fault": 1, "info": 2},
+            "oldest_pending_s": 12.0,
+        },
+        "cmd": {
+            "schema": "anju.cmd/1",
+            "cmd_id": "c-1",
+            "command": "say",
+            "args": {"text": "请按下按钮"},
+            "issued_at": WHEN,
+        },
+    }
+    return copy.deepcopy(examples[kind])
+
+
+def _schema_file(kind: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((CONTRACT_DIR / "schemas" / f"{kind}.json").read_text("utf-8"))
+    return loaded
+
+
+def _rejects(kind: str, message: dict[str, Any], path: str) -> ContractError:
+    with pytest.raises(ContractError) as caught:
+        validate(kind, message)
+    error = caught.value
+    assert error.kind == kind
+    assert path in [p.path for p in error.problems], error.problems
+    assert kind in str(error)
+    return error
+
+
+# --- the event the hub really produces ------------------------------------------------------
+
+
+def test_a_real_event_validates() -> None:
+    validate("event", _event().with_seq(1).to_message(attempt=1))
+
+
+@pytest.mark.parametrize("event_type", list(EventType))
+def test_every_event_type_from_a_hub_raised_event_validates(event_type: EventType) -> None:
+    # nulls where the hub raises the event itself, and each type's own codes (or their absence)
+    event = _event(type=event_type, device_id=None, device_counter=None, details={})
+    validate("event", event.with_seq(7).to_message(attempt=3, sent_at=datetime.now(UTC)))
+
+
+def test_schema_type_enum_is_exactly_the_event_types() -> None:
+    assert _schema_file("event")["properties"]["type"]["enum"] == [t.value for t in EventType]
+
+
+def test_event_schema_requires_exactly_the_fields_to_message_writes() -> None:
+    message = _event().with_seq(1).to_message(attempt=1)
+    event_schema = _schema_file("event")
+    assert set(event_schema["properties"]) == set(message)
+    assert set(event_schema["required"]) == set(message)
+
+
+def test_an_unknown_event_type_is_rejected() -> None:
+    message = _good("event")
+    message["type"] = "alarm.flood"
+    error = _rejects("event", message, "$.type")
+    assert "alarm.emergency" in str(error)  # says what is allowed
+
+
+# --- every schema rejects the four classic breakages ----------------------------------------
+
+_REQUIRED_FIELD = {
+    "event": "seq",
+    "ack": "event_id",
+    "status": "state",
+    "heartbeat": "pending",
+    "cmd": "cmd_id",
+}
+_DATE_TIME_FIELD = {
+    "event": "occurred_at",
+    "ack": "received_at",
+    "status": "at",
+    "heartbeat": "at",
+    "cmd": "issued_at",
+}
+
+
+def test_the_good_examples_are_good() -> None:
+    for kind in MESSAGE_KINDS:
+        validate(kind, _good(kind))
+
+
+@pytest.mark.parametrize("kind", MESSAGE_KINDS)
+def test_a_missing_required_field_is_named(kind: str) -> None:
+    message = _good(kind)
+    field = _REQUIRED_FIELD[kind]
+    del message[field]
+    error = _rejects(kind, message, f"$.{field}")
+    assert error.path == f"$.{field}"
+    assert f"$.{field}" in str(error) and "required" in str(error)
+
+
+@pytest.mark.parametrize("kind", MESSAGE_KINDS)
+def test_the_schema_field_is_required_and_pinned(kind: str) -> None:
+    message = _good(kind)
+    message["schema"] = f"anju.{kind}/2"
+    _rejects(kind, message, "$.schema")
+    del message["schema"]
+    _rejects(kind, message, "$.schema")
+
+
+@pytest.mark.parametrize("kind", MESSAGE_KINDS)
+def test_an_extra_field_is_named(kind: str) -> None:
+    message = _good(kind)
+    message["colour"] = "red"
+    error = _rejects(kind, message, "$.colour")
+    assert "not allowed" in str(error)
+
+
+@pytest.mark.parametrize("kind", ["event", "ack"])
+def test_a_bad_uuid_is_named(kind: str) -> None:
+    for bad in (UUID.upper(), UUID.replace("-", ""), "not-a-uuid", UUID + "0"):
+        message = _good(kind)
+        message["event_id"] = bad
+        _rejects(kind, message, "$.event_id")
+
+
+@pytest.mark.parametrize("kind", MESSAGE_KINDS)
+@pytest.mark.parametrize(
+    "bad_moment",
+    ["2024-13-01T08:30:00Z", "2024-07-01 08:30", "2024-07-01T08:30:00", "yesterday", 1719822600],
+)
+def test_a_bad_date_time_is_named(kind: str, bad_moment: object) -> None:
+    message = _good(kind)
+    message[_DATE_TIME_FIELD[kind]] = bad_moment
+    _rejects(kind, message, f"$.{_DATE_TIME_FIELD[kind]}")
+
+
+def test_nested_problems_carry_the_full_path_and_are_all_counted() -> None:
+    message = _good("heartbeat")
+    message["pending"] = {"alarm": -1, "fault": 0, "urgent": 1}
+    error = _rejects("heartbeat", message, "$.pending.alarm")
+    assert {p.path for p in error.problems} == {"$.pending.alarm", "$.pending.info", "$.pending.urgent"}
+    assert str(error).startswith("heartbeat message breaks the contract at $.pending.alarm: must be >= 0")
+    assert "2 more problems" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("seq", 0),
+        ("seq", True),
+        ("attempt", 0),
+        ("hub_id", "Hub_1"),
+        ("household_id", ""),
+        ("county", "-anxi"),
+        ("device_id", "Pullcord"),
+        ("priority", "urgent"),
+        ("contact_id", "10"),
+        ("qualifier", 2),
+        ("sia_code", "ma"),
+        ("device_counter", -1),
+        ("details", []),
+    ],
+)
+def test_event_field_rules(field: str, value: object) -> None:
+    message = _good("event")
+    message[field] = value
+    _rejects("event", message, f"$.{field}")
+
+
+@pytest.mark.parametrize("field", ["hub_id", "county", "device_id", "sia_code", "contact_id", "event_id"])
+def test_a_trailing_newline_does_not_slip_past_a_pattern(field: str) -> None:
+    # Python's `$` matches before a final newline; JSON Schema's does not.
+    message = _good("event")
+    message[field] = str(message[field]) + "\n"
+    _rejects("event", message, f"$.{field}")
+
+
+def test_status_last_will_without_optional_fields_validates() -> None:
+    validate("status", {"schema": "anju.status/1", "hub_id": "hub-0001", "state": "offline"})
+
+
+def test_unknown_kind_and_non_object_are_contract_errors() -> None:
+    with pytest.raises(ContractError, match="unknown message kind"):
+        validate("alarm", _good("event"))
+    with pytest.raises(ContractError, match=r"at \$: must be of type object"):
+        validate("status", [])  # type: ignore[arg-type]
+    assert issubclass(ContractError, ValueError)
+
+
+# --- topics ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", MESSAGE_KINDS)
+def test_topic_and_kind_of_topic_round_trip(kind: str) -> None:
+    assert topic("anxi", "hub-0001", kind) == f"anju/v1/anxi/hub-0001/{kind}"
+    assert kind_of_topic(topic("anxi", "hub-0001", kind)) == kind
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "anju/v1/anxi/hub-0001/alarm",  # not a kind
+        "anju/v2/anxi/hub-0001/event",  # another version
+        "other/v1/anxi/hub-0001/event",
+        "anju/v1/anxi/event",  # a level missing
+        "anju/v1/anxi/hub-0001/event/extra",
+        "/anju/v1/anxi/hub-0001/event",
+        "anju/v1/+/+/event",  # a filter, not a topic
+        "anju/v1/anxi//event",
+        "$share/centre/anju/v1/anxi/hub-0001/event",
+        "",
+    ],
+)
+def test_kind_of_topic_rejects_other_shapes(bad: str) -> None:
+    assert kind_of_topic(bad) is None
+
+
+def test_topic_refuses_what_cannot_be_a_level() -> None:
+    with pytest.raises(ValueError, match="kind"):
+        topic("anxi", "hub-0001", "alarm")
+    with pytest.raises(ValueError, match="hub_id"):
+        topic("anxi", "hub/0001", "event")
+    with pytest.raises(ValueError, match="county"):
+        topic("+", "hub-0001", "event")
+
+
+# --- the AsyncAPI document ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def asyncapi() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load((CONTRACT_DIR / "asyncapi.yaml").read_text("utf-8"))
+    return document
+
+
+def _refs(node: object) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str):
+                yield value
+            else:
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _refs(item)
+
+
+def _resolve_local(document: dict[str, Any], ref: str) -> object:
+    node: object = document
+    for part in ref.removeprefix("#/").split("/"):
+        assert isinstance(node, dict) and part in node, f"{ref} does not resolve"
+        node = node[part]
+    return node
+
+
+def test_asyncapi_is_version_3(asyncapi: dict[str, Any]) -> None:
+    assert str(asyncapi["asyncapi"]).startswith("3.")
+
+
+def test_asyncapi_schema_refs_name_existing_files(asyncapi: dict[str, Any]) -> None:
+    file_refs = [ref for ref in _refs(asyncapi) if not ref.startswith("#")]
+    assert sorted(Path(ref).name for ref in file_refs) == sorted(f"{kind}.json" for kind in MESSAGE_KINDS)
+    for ref in file_refs:
+        assert (CONTRACT_DIR / ref).is_file(), ref
+
+
+def test_asyncapi_local_refs_resolve(asyncapi: dict[str, Any]) -> None:
+    local = [ref for ref in _refs(asyncapi) if ref.startswith("#/")]
+    assert local
+    for ref in local:
+        _resolve_local(asyncapi, ref)
+
+
+def test_asyncapi_channels_are_the_message_kinds(asyncapi: dict[str, Any]) -> None:
+    channels = asyncapi["channels"]
+    assert set(channels) == set(MESSAGE_KINDS)
+    for kind, channel in channels.items():
+        assert channel["address"] == f"anju/v1/{{county}}/{{hub_id}}/{kind}"
+        assert set(channel["parameters"]) == {"county", "hub_id"}
+
+
+def test_asyncapi_operations_match_the_hubs_point_of_view(asyncapi: dict[str, Any]) -> None:
+    actions = {
+        op["channel"]["$ref"].removeprefix("#/channels/"): op["action"] for op in asyncapi["operations"].values()
+    }
+    assert actions == {
+        "event": "send",
+        "ack": "receive",
+        "status": "send",
+        "heartbeat": "send",
+        "cmd": "receive",
+    }
+    qos = {
+        op["channel"]["$ref"].removeprefix("#/channels/"): op["bindings"]["mqtt"]["qos"]
+        for op in asyncapi["operations"].values()
+    }
+    assert qos["event"] == qos["ack"] == qos["cmd"] == qos["status"] == 1
+    assert asyncapi["operations"]["sendStatus"]["bindings"]["mqtt"]["retain"] is True
+    assert asyncapi["operations"]["sendEvent"]["bindings"]["mqtt"]["retain"] is False
+
+
+def test_asyncapi_last_will_is_a_valid_offline_status(asyncapi: dict[str, Any]) -> None:
+    will = asyncapi["servers"]["county"]["bindings"]["mqtt"]["lastWill"]
+    assert kind_of_topic(will["topic"].format(county="anxi", hub_id="hub-0001")) == "status"
+    assert will["retain"] is True
+    message = json.loads(will["message"].replace("{hub_id}", "hub-0001"))
+    validate("status", message)
+    assert message["state"] == "offline"
+
+
+def test_asyncapi_states_the_delivery_promises(asyncapi: dict[str, Any]) -> None:
+    text = asyncapi["info"]["description"]
+    for promise in (
+        "same `event_id` and `seq`",
+        "at once after every reconnect",
+        "acknowledges every copy",
+        "$share/centre/anju/v1/+/+/event",
+        "jitter",
+    ):
+        assert promise in text, promise
+
+
+# --- every schema file follows the house rules ----------------------------------------------
+
+
+def _objects(node: object, path: str = "$") -> Iterator[tuple[str, dict[str, Any]]]:
+    if isinstance(node, dict):
+        if node.get("type") == "object" or "properties" in node:
+            yield path, node
+        for key, value in node.get("properties", {}).items():
+            yield from _objects(value, f"{path}.{key}")
+
+
+@pytest.mark.parametrize("kind", MESSAGE_KINDS)
+def test_schema_files_follow_the_house_rules(kind: str) -> None:
+    document = _schema_file(kind)
+    assert document["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert document["$id"] == f"https://anju.example/contract/{kind}.json"
+    assert document["properties"]["schema"]["const"] == f"anju.{kind}/1"
+    assert contract.schema(kind) == document
+    for path, obj in _objects(document):
+        if "properties" in obj:  # closed objects; only free-form ones (details, args) stay open
+            assert obj.get("additionalProperties") is False, path
+        for name, prop in obj.get("properties", {}).items():
+            assert prop.get("title") and prop.get("description"), f"{path}.{name}"
