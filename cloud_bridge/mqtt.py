@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import random
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,6 +29,23 @@ from hub.config import MqttConfig
 from hub.model import iso_now
 
 log = logging.getLogger(__name__)
+
+# paho-mqtt leaves Nagle's algorithm on. An MQTT client that writes two small packets in a row (a
+# PUBACK, then its own PUBLISH) then waits for the peer's delayed TCP ACK: ~40 ms on every ack.
+NO_DELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+
+
+def raise_if_cancelled() -> None:
+    """Re-raise a cancellation that an awaited aiomqtt call swallowed.
+
+    On Python 3.11 `asyncio.wait_for` (which aiomqtt awaits each publish with) returns normally
+    when its inner future completes in the same loop turn as the cancellation, losing it; a
+    shutdown would then hang. Call this after each publish in a loop.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
 
 AckHandler = Callable[[str, dict[str, Any]], Awaitable[None]]
 CommandHandler = Callable[[dict[str, Any]], Awaitable[None]]
@@ -92,6 +110,7 @@ class MqttUplink:
                 will=will,
                 keepalive=self.config.keepalive_s,
                 timeout=10,
+                socket_options=NO_DELAY,
             ) as client:
                 await client.subscribe(self._topic("ack"), qos=1)
                 await client.subscribe(self._topic("cmd"), qos=1)
@@ -104,10 +123,17 @@ class MqttUplink:
                 log.info("connected to broker %s:%d", self.config.host, self.config.port)
                 self.connected.set()
                 self.outbox.requeue_all()
-                async with asyncio.TaskGroup() as tasks:
-                    tasks.create_task(self._send_loop(client))
-                    tasks.create_task(self._heartbeat_loop(client))
-                    tasks.create_task(self._receive_loop(client))
+                try:
+                    async with asyncio.TaskGroup() as tasks:
+                        tasks.create_task(self._send_loop(client))
+                        tasks.create_task(self._heartbeat_loop(client))
+                        tasks.create_task(self._receive_loop(client))
+                except asyncio.CancelledError:
+                    # A clean shutdown discards the last will, so say `offline` ourselves.
+                    with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                        offline = self._status("offline", at=iso_now(), reason="hub stopped")
+                        await client.publish(self._topic("status"), offline, qos=1, retain=True, timeout=2)
+                    raise
         except* aiomqtt.MqttError as group:
             raise group.exceptions[0] from None
 
@@ -118,6 +144,7 @@ class MqttUplink:
             for event, attempt in batch:
                 payload = json.dumps(event.to_message(attempt), ensure_ascii=False).encode()
                 await client.publish(event_topic, payload, qos=1)
+                raise_if_cancelled()
                 if attempt > 1:
                     log.info("resent %s #%s (attempt %d)", event.type.value, event.seq, attempt)
             if batch:
@@ -126,6 +153,7 @@ class MqttUplink:
             wait = self.outbox.seconds_until_due()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=wait)
+            raise_if_cancelled()
 
     async def _heartbeat_loop(self, client: aiomqtt.Client) -> None:
         while True:
@@ -141,6 +169,7 @@ class MqttUplink:
                 "oldest_pending_s": None if oldest is None else round((time.monotonic_ns() - oldest) / 1e9, 3),
             }
             await client.publish(self._topic("heartbeat"), json.dumps(message).encode(), qos=0)
+            raise_if_cancelled()
             await asyncio.sleep(self.config.heartbeat_s)
 
     async def _receive_loop(self, client: aiomqtt.Client) -> None:

@@ -42,6 +42,7 @@ class PrivateBroker:
             f"log_dest file {self.log_path}\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
             "max_queued_messages 100000\n"
+            "set_tcp_nodelay true\n"
             f"{self._extra}\n"
         )
         return conf

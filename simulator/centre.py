@@ -23,6 +23,7 @@ from typing import Any
 import aiomqtt
 
 from cloud_bridge.contract import ContractError, decode, topic
+from cloud_bridge.mqtt import NO_DELAY, raise_if_cancelled
 from hub.model import iso_now
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ class Centre:
                     self.port,
                     identifier=f"{self.centre_id}-{os.getpid()}",
                     protocol=aiomqtt.ProtocolVersion.V5,
+                    socket_options=NO_DELAY,
                     keepalive=30,
                     timeout=10,
                 ) as client:
@@ -208,6 +210,7 @@ class Centre:
                     "duplicate": received.duplicate,
                 }
                 await client.publish(topic(county, hub_id, "ack"), json.dumps(ack).encode(), qos=1)
+                raise_if_cancelled()
         elif kind == "status":
             self.store.record_status(hub_id, county, body["state"])
             log.info("hub %s is %s", hub_id, body["state"])

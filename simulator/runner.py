@@ -31,6 +31,7 @@ from hub.model import EventType
 from simulator.broker import PrivateBroker
 from simulator.gpio import ENV_SOCKET, PinBench
 from simulator.scenario import Scenario, Step
+from simulator.tap import ContractTap
 
 SIREN_PIN = 27
 LED_PIN = 22
@@ -66,7 +67,7 @@ class Timeline:
         return sorted(self.entries, key=lambda entry: entry[0])
 
 
-class _Process:
+class ChildProcess:
     """A child process that announces readiness with sd_notify on its own datagram socket."""
 
     def __init__(self, name: str, argv: list[str], workdir: Path, env: dict[str, str]) -> None:
@@ -113,6 +114,19 @@ class _Process:
         finally:
             sock.close()
 
+    def peak_rss_mb(self) -> float | None:
+        """The process's peak resident memory so far (VmHWM), while it runs."""
+        if self.process is None or self.process.returncode is not None:
+            return None
+        try:
+            status = Path(f"/proc/{self.process.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return None
+
     def tail(self, lines: int = 15) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -149,6 +163,8 @@ class ScenarioRunner:
         self.hub_data = workdir / "hub"
         self.prompts_file = workdir / "prompts-played.jsonl"
         self.centre_db = workdir / "centre.sqlite3"
+        self.hub_peak_rss_mb: float | None = None
+        self.tap = ContractTap("127.0.0.1", 0)
 
     def _hub_config(self, broker: PrivateBroker) -> Path:
         scenario = self.scenario
@@ -180,11 +196,15 @@ class ScenarioRunner:
         broker = PrivateBroker(self.workdir / "broker")
         bench = PinBench(self.workdir / "gpio.sock")
         cli = [sys.executable, "-m", "hub.cli"]
-        centre = _Process("centre", [*cli, "centre", "--port", "0", "--db", str(self.centre_db)], self.workdir, {})
-        hub = _Process("hub", [*cli, "run", "--config", "-"], self.workdir, {ENV_SOCKET: str(bench.path)})
+        centre = ChildProcess("centre", [*cli, "centre", "--port", "0", "--db", str(self.centre_db)], self.workdir, {})
+        hub = ChildProcess("hub", [*cli, "run", "--config", "-"], self.workdir, {ENV_SOCKET: str(bench.path)})
         releases: set[asyncio.Task[None]] = set()
+        tap_task: asyncio.Task[None] | None = None
         try:
             broker.start()
+            self.tap = ContractTap(broker.host, broker.port)
+            tap_task = asyncio.create_task(self.tap.run())
+            await asyncio.wait_for(self.tap.subscribed.wait(), 10)
             centre.argv[centre.argv.index("0")] = str(broker.port)
             hub.argv[-1] = str(self._hub_config(broker))
             await bench.start()
@@ -201,14 +221,18 @@ class ScenarioRunner:
                 delay = self.timeline.t0_ns / 1e9 + step.at - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                await self._play(step, broker, bench, hub, releases)
+                await self._play(step, broker, bench, hub, centre, releases)
             await self._settle()
             if releases:
                 await asyncio.gather(*releases)
+            self.hub_peak_rss_mb = hub.peak_rss_mb()
         finally:
             for task in releases:
                 task.cancel()
             await hub.stop()
+            await asyncio.sleep(0.2)  # let the tap see the hub's last messages
+            if tap_task is not None:
+                tap_task.cancel()
             await centre.stop()
             broker.stop()
             await bench.close()
@@ -218,7 +242,13 @@ class ScenarioRunner:
         return result
 
     async def _play(
-        self, step: Step, broker: PrivateBroker, bench: PinBench, hub: _Process, releases: set[asyncio.Task[None]]
+        self,
+        step: Step,
+        broker: PrivateBroker,
+        bench: PinBench,
+        hub: ChildProcess,
+        centre: ChildProcess,
+        releases: set[asyncio.Task[None]],
     ) -> None:
         add = self.timeline.add
         if step.device is not None and step.do is not None:
@@ -251,6 +281,21 @@ class ScenarioRunner:
             await hub.start()
             await asyncio.wait_for(bench.connected.wait(), 10)
             add(time.monotonic_ns(), "hub", "hub process started again and ready")
+        elif step.centre is not None:
+            await centre.stop()
+            if "--no-ack" in centre.argv:
+                centre.argv.remove("--no-ack")
+            if step.centre == "down":
+                add(time.monotonic_ns(), "centre", "centre stopped")
+                return
+            if step.centre == "no_ack":
+                centre.argv.append("--no-ack")
+            await centre.start()
+            add(
+                time.monotonic_ns(),
+                "centre",
+                "centre restarted" + (", storing but never acknowledging" if step.centre == "no_ack" else ""),
+            )
 
     async def _release(self, bench: PinBench, pin: int, hold: float) -> None:
         await asyncio.sleep(hold)
@@ -316,12 +361,17 @@ class ScenarioRunner:
                 played = json.loads(line)
                 prompts.append(played["prompt"])
                 add(played["mono_ns"], "voice", f"prompt {played['prompt']} played")
+        for mono_ns, hub_id, state, reason in self.tap.status_changes:
+            add(mono_ns, "uplink", f"hub {hub_id} {state}" + (f" ({reason})" if reason else ""))
         for change in _siren_onsets(bench):
             add(change, "siren", "siren output on")
         expectations = [self._check(expectation, events, centre_rows) for expectation in self.scenario.expect]
+        violations = self.tap.violations
         return {
             "scenario": self.scenario.name,
-            "ok": all(item["ok"] for item in expectations),
+            "ok": all(item["ok"] for item in expectations) and not violations,
+            "contract": {"messages": dict(self.tap.counts), "violations": violations},
+            "hub_peak_rss_mb": None if self.hub_peak_rss_mb is None else round(self.hub_peak_rss_mb, 1),
             "events": events,
             "expectations": expectations,
             "prompts": prompts,
@@ -411,6 +461,14 @@ def format_report(result: dict[str, Any]) -> str:
     lines += ["", "Expectations:"]
     for item in result["expectations"]:
         lines.append(f"  [{'ok' if item['ok'] else 'FAILED'}] {item['detail']}")
+    contract = result["contract"]
+    lines += [
+        "",
+        f"Contract: {sum(contract['messages'].values())} messages checked against the schemas"
+        f" ({', '.join(f'{k} {v}' for k, v in sorted(contract['messages'].items()))});"
+        f" {len(contract['violations'])} violation(s)",
+    ]
+    lines += [f"  ! {violation}" for violation in contract["violations"][:20]]
     lines += ["", "All expectations held." if result["ok"] else "Some expectations FAILED."]
     return "\n".join(lines)
 

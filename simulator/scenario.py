@@ -9,6 +9,8 @@
       - {at: 2.0, uplink: down}        # the broker process stops
       - {at: 6.0, uplink: up}
       - {at: 7.0, hub: kill}           # SIGKILL the hub process, then start it again
+      - {at: 8.0, centre: no_ack}      # restart the centre so that it stores events but never acks
+      - {at: 9.0, centre: up}          # (and `centre: down` stops it)
     expect:
       - {event: alarm.emergency, device: cord-bath, count: 2, delivered: true}
 
@@ -54,13 +56,15 @@ class Step(_Strict):
     hold: Annotated[float, Field(gt=0, le=60)] = 0.3
     uplink: Literal["up", "down"] | None = None
     hub: Literal["kill", "restart"] | None = None
+    centre: Literal["down", "up", "no_ack"] | None = None
 
     @model_validator(mode="after")
     def _one_action(self) -> Self:
-        actions = [name for name in ("device", "uplink", "hub") if getattr(self, name) is not None]
+        actions = [name for name in ("device", "uplink", "hub", "centre") if getattr(self, name) is not None]
         if len(actions) != 1:
             raise ValueError(
-                f"a step needs exactly one of `device` (with `do`), `uplink` or `hub`; this one has {actions or 'none'}"
+                "a step needs exactly one of `device` (with `do`), `uplink`, `hub` or `centre`;"
+                f" this one has {actions or 'none'}"
             )
         if self.device is not None and self.do is None:
             raise ValueError(f"step for device {self.device!r} needs `do` (what the device does)")

@@ -1,0 +1,23 @@
+"""Fixtures shared by the whole suite: a private mosquitto per test and one prompt cache per run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from simulator.broker import PrivateBroker
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[PrivateBroker]:
+    """A private mosquitto on a free loopback port with its own configuration."""
+    with PrivateBroker(tmp_path / "broker") as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def prompt_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Voice prompts rendered by espeak-ng once per test run, shared by every hub started."""
+    return tmp_path_factory.mktemp("prompts")
