@@ -14,6 +14,7 @@ do the I/O. Two heaps keep `take_due` cheap with a backlog of 100,000 events.
 from __future__ import annotations
 
 import heapq
+import itertools
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -42,7 +43,7 @@ class _Entry:
     event: Event
     attempts: int = 0
     next_due: float = 0.0
-    generation: int = 0  # bumps on every reschedule; stale heap items are skipped
+    generation: int = 0  # a fresh number on every (re)schedule; stale heap items are skipped
 
 
 class Outbox:
@@ -59,6 +60,7 @@ class Outbox:
         self._ready: list[tuple[int, int, int, str]] = []  # (priority, seq, generation, id)
         self._waiting: list[tuple[float, int, int, int, str]] = []  # (due, priority, seq, gen, id)
         self._listeners: list[Callable[[], None]] = []
+        self._generations = itertools.count(1)  # outbox-wide, so a re-added id never matches an old item
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -76,7 +78,7 @@ class Outbox:
             raise ValueError(f"event {event.event_id} has no sequence number: journal it first")
         if event.event_id in self._entries:
             return
-        entry = _Entry(event)
+        entry = _Entry(event, generation=next(self._generations))
         self._entries[event.event_id] = entry
         self._push_ready(entry)
         self._notify()
@@ -108,7 +110,7 @@ class Outbox:
             if entry is None or entry.generation != generation:
                 continue
             entry.attempts += 1
-            entry.generation += 1
+            entry.generation = next(self._generations)
             entry.next_due = now + self.retry.delay(entry.attempts, self._rand())
             seq = entry.event.seq or 0
             heapq.heappush(
@@ -123,7 +125,7 @@ class Outbox:
         self._ready.clear()
         self._waiting.clear()
         for entry in self._entries.values():
-            entry.generation += 1
+            entry.generation = next(self._generations)
             self._push_ready(entry)
         if self._entries:
             self._notify()

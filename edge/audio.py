@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import queue
 import shutil
 import subprocess
@@ -123,6 +124,11 @@ class SilentPlayer:
         pass
 
 
+def _is_wav(data: bytes) -> bool:
+    """A RIFF/WAVE file with at least one sample after its 44-byte header."""
+    return len(data) > 44 and data[:4] == b"RIFF" and data[8:12] == b"WAVE"
+
+
 class VoicePrompts:
     def __init__(self, player: Player, cache_dir: Path, voice: str = "cmn", prompts_dir: Path | None = None):
         self._player = player
@@ -149,19 +155,25 @@ class VoicePrompts:
                 return supplied.read_bytes()
         key = hashlib.sha256(f"{self._voice}\0{text}".encode()).hexdigest()[:16]
         cached = self._cache_dir / f"{name}-{key}.wav"
-        if not cached.is_file():
-            if shutil.which("espeak-ng") is None:
-                raise RuntimeError("espeak-ng is not installed (sudo apt-get install espeak-ng)")
-            self._cache_dir.mkdir(parents=True, exist_ok=True)
-            partial = cached.with_suffix(".partial")
-            subprocess.run(
-                ["espeak-ng", "-v", self._voice, "-w", str(partial), text],
-                check=True,
-                capture_output=True,
-                timeout=30,
-            )
-            partial.replace(cached)
-        return cached.read_bytes()
+        if cached.is_file():
+            wav = cached.read_bytes()
+            if _is_wav(wav):
+                return wav
+            log.warning("cached prompt %s is damaged; rendering it again", cached)
+        if shutil.which("espeak-ng") is None:
+            raise RuntimeError("espeak-ng is not installed (sudo apt-get install espeak-ng)")
+        self._cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(".partial")
+        subprocess.run(
+            ["espeak-ng", "-v", self._voice, "-w", str(partial), text], check=True, capture_output=True, timeout=30
+        )
+        wav = partial.read_bytes()
+        if not _is_wav(wav):
+            raise RuntimeError(f"espeak-ng wrote no usable WAV for {name!r} (voice {self._voice!r})")
+        with partial.open("rb") as written:
+            os.fsync(written.fileno())  # a power cut must not leave a truncated prompt behind the new name
+        partial.replace(cached)
+        return wav
 
     def say(self, name: str, urgent: bool = False) -> bool:
         """Queue prompt `name`; returns False (and logs) when it was never prepared."""

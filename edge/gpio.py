@@ -92,6 +92,13 @@ class _DebouncedInput:
             self._window_end = now + self._bounce_ns
         self._handler(self.device, active, now)
 
+    def report_now(self, active: bool) -> None:
+        with self._lock:
+            self._reported = active
+            now = self._clock()
+            self._window_end = now + self._bounce_ns
+        self._handler(self.device, active, now)
+
     def _settle(self) -> None:
         """The debounce window is over: report the level now if it differs from the last report."""
         with self._lock:
@@ -123,6 +130,21 @@ class PinInputs:
             button = Button(device.pin, pull_up=True, bounce_time=None, pin_factory=pin_factory)
             self._inputs.append(_DebouncedInput(device, button, bounce_ms * 1_000_000, handler, clock, schedule))
             log.info("listening on GPIO%d for %s %s", device.pin, device.kind.value, device.id)
+
+    def report_active_at_start(self) -> list[Device]:
+        """Report every input that is already active (a cord pulled and latched, a smoke relay closed)
+        as a new activation: a hub that restarts while someone hangs on the cord must still sound."""
+        active = []
+        for item in self._inputs:
+            if item.button.is_active:
+                log.warning(
+                    "GPIO%s (%s) is active at start-up: treating it as a new activation",
+                    item.device.pin,
+                    item.device.id,
+                )
+                item.report_now(True)
+                active.append(item.device)
+        return active
 
     def close(self) -> None:
         for item in self._inputs:

@@ -24,6 +24,15 @@ DeviceId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 BcmPin = Annotated[int, Field(ge=0, le=27)]
 
 
+class FieldProblem(ValueError):
+    """Raised by a model validator about one field inside the model (`loc`, relative to the model),
+    so that the error names that field and its line rather than the whole model."""
+
+    def __init__(self, loc: tuple[int | str, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -38,7 +47,7 @@ class DeviceConfig(_Strict):
     @model_validator(mode="after")
     def _gpio_needs_pin(self) -> Self:
         if self.transport is Transport.GPIO and self.pin is None:
-            raise ValueError(f"device {self.id!r} uses transport gpio, so it needs `pin` (BCM number 0-27)")
+            raise FieldProblem(("pin",), f"device {self.id!r} uses transport gpio, so it needs `pin` (BCM number 0-27)")
         return self
 
     def to_device(self) -> Device:
@@ -93,19 +102,27 @@ class HubConfig(_Strict):
 
     @model_validator(mode="after")
     def _devices_are_distinct(self) -> Self:
-        seen: dict[str, str] = {}
+        if self.gpio.siren_pin is not None and self.gpio.siren_pin == self.gpio.led_pin:
+            raise FieldProblem(("gpio", "led_pin"), f"the LED and the siren both use pin {self.gpio.led_pin}")
+        seen: set[str] = set()
         pins: dict[int, str] = {}
         outputs = {self.gpio.siren_pin: "the siren", self.gpio.led_pin: "the LED"}
-        for device in self.devices:
+        for index, device in enumerate(self.devices):
             if device.id in seen:
-                raise ValueError(f"device id {device.id!r} is used twice; each device needs its own id")
-            seen[device.id] = device.id
-            if device.pin is not None:
-                if device.pin in pins:
-                    raise ValueError(f"devices {pins[device.pin]!r} and {device.id!r} both use pin {device.pin}")
-                if device.pin in outputs:
-                    raise ValueError(f"device {device.id!r} uses pin {device.pin}, which drives {outputs[device.pin]}")
-                pins[device.pin] = device.id
+                raise FieldProblem(
+                    ("devices", index, "id"), f"device id {device.id!r} is used twice; each device needs its own id"
+                )
+            seen.add(device.id)
+            if device.pin is None:
+                continue
+            where = ("devices", index, "pin")
+            if device.pin in pins:
+                raise FieldProblem(where, f"devices {pins[device.pin]!r} and {device.id!r} both use pin {device.pin}")
+            if device.pin in outputs:
+                raise FieldProblem(
+                    where, f"device {device.id!r} uses pin {device.pin}, which drives {outputs[device.pin]}"
+                )
+            pins[device.pin] = device.id
         return self
 
     def household(self) -> Household:
@@ -139,6 +156,9 @@ def located_errors(exc: ValidationError, path: Path, line_of: Callable[[Sequence
     lines = []
     for error in exc.errors():
         loc = [part for part in error["loc"] if not (isinstance(part, str) and part.startswith("function-"))]
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, FieldProblem):
+            loc += cause.loc
         field = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in loc).replace(".[", "[") or "(top)"
         line = line_of(loc)
         where = f"{path}:{line}" if line else str(path)

@@ -76,15 +76,19 @@ class JournalRecord:
 class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
+        db = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as exc:
+            if db is not None:
+                db.close()
             raise JournalError(f"cannot open the journal {path}: {exc}") from exc
+        self._db = db
 
     def close(self) -> None:
         self._db.close()
@@ -127,10 +131,14 @@ class Journal:
     def mark_acked(self, event_id: str, via: str, at: datetime | None = None) -> JournalRecord | None:
         """Record the centre's acknowledgement. Returns the record if this ack was the first, else None."""
         moment = (at or datetime.now(UTC)).astimezone(UTC).isoformat()
-        cursor = self._db.execute(
-            "UPDATE events SET acked_at = ?, acked_mono_ns = ?, ack_via = ? WHERE event_id = ? AND acked_at IS NULL",
-            (moment, time.monotonic_ns(), via, event_id),
-        )
+        try:
+            cursor = self._db.execute(
+                "UPDATE events SET acked_at = ?, acked_mono_ns = ?, ack_via = ?"
+                " WHERE event_id = ? AND acked_at IS NULL",
+                (moment, time.monotonic_ns(), via, event_id),
+            )
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot record the ack of {event_id} in {self.path}: {exc}") from exc
         if cursor.rowcount == 0:
             return None
         return self.get(event_id)
@@ -204,7 +212,11 @@ class AsyncJournal:
 
     def __init__(self, path: Path) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
-        self._journal = self._executor.submit(Journal, path).result()
+        try:
+            self._journal = self._executor.submit(Journal, path).result()
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            raise
 
     @property
     def path(self) -> Path:

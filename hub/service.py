@@ -76,6 +76,7 @@ class HubService:
             loop.call_soon_threadsafe(self.rules.on_input, device, active, mono_ns)
 
         self.inputs = PinInputs(config.household().devices, from_pin_thread, config.gpio.bounce_ms, factory)
+        self.inputs.report_active_at_start()
         missing = await asyncio.to_thread(self.voice.prepare)
         if missing:
             log.error("voice prompts missing: %s (alarms still sound the siren)", ", ".join(missing))

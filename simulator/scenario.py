@@ -28,7 +28,7 @@ from typing import Annotated, Literal, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hub.config import ConfigError, DeviceConfig, Identifier, located_errors
+from hub.config import ConfigError, DeviceConfig, FieldProblem, Identifier, located_errors
 from hub.model import DeviceKind, EventType, Transport
 
 # What each device kind can be made to do, per transport.
@@ -93,24 +93,29 @@ class Scenario(_Strict):
     @model_validator(mode="after")
     def _references(self) -> Self:
         devices = {d.id: d for d in self.devices}
-        for step in self.steps:
+        for index, step in enumerate(self.steps):
             if step.device is None:
                 continue
             device = devices.get(step.device)
             if device is None:
-                raise ValueError(
+                raise FieldProblem(
+                    ("steps", index, "device"),
                     f"step at {step.at} names device {step.device!r}, which is not in `devices`"
-                    f" (known: {', '.join(devices) or 'none'})"
+                    f" (known: {', '.join(devices) or 'none'})",
                 )
             allowed = GPIO_ACTIONS.get(device.kind, frozenset()) if device.transport is Transport.GPIO else set()
             if step.do not in allowed:
-                raise ValueError(
+                raise FieldProblem(
+                    ("steps", index, "do"),
                     f"device {device.id!r} ({device.kind.value} on {device.transport.value}) cannot"
-                    f" {step.do!r}; it can: {', '.join(sorted(allowed)) or 'nothing yet'}"
+                    f" {step.do!r}; it can: {', '.join(sorted(allowed)) or 'nothing yet'}",
                 )
-        for expectation in self.expect:
+        for index, expectation in enumerate(self.expect):
             if expectation.device is not None and expectation.device not in devices:
-                raise ValueError(f"expectation names device {expectation.device!r}, which is not in `devices`")
+                raise FieldProblem(
+                    ("expect", index, "device"),
+                    f"expectation names device {expectation.device!r}, which is not in `devices`",
+                )
         return self
 
     @property

@@ -186,12 +186,6 @@ def test_adding_a_queued_event_again_is_a_no_op() -> None:
     assert outbox.take_due() == [(event, 2)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (latent): an id acked and then added again is resent before its retry delay. The stale "
-    "heap item of the old entry (same id, generation 1) is matched by the new entry's generation 1, so "
-    "take_due returns it at the OLD entry's due time with attempt 2.",
-)
 def test_an_event_added_again_after_its_ack_follows_its_own_schedule() -> None:
     clock = Clock(0.0)
     outbox = _outbox(clock)

@@ -226,3 +226,15 @@ def test_aplay_missing_logs_the_prompt_and_keeps_going(rendered_wav: bytes, no_e
     errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
     assert len(errors) == 2, errors
     assert "help_sent" in errors[0] and "smoke" in errors[1]
+
+
+def test_a_damaged_cached_prompt_is_rendered_again(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    assert VoicePrompts(MemoryPlayer(), cache).prepare() == []
+    (damaged,) = _cached(cache, "help_sent")
+    damaged.write_bytes(b"RIFF")  # what a power cut during the first render could leave
+    player = MemoryPlayer()
+    again = VoicePrompts(player, cache)
+    assert again.prepare() == []
+    assert _is_wav(damaged.read_bytes()) and len(damaged.read_bytes()) > 1000
+    assert again.say("help_sent")

@@ -393,3 +393,18 @@ def test_led_without_a_pin_is_a_no_op() -> None:
     led.acknowledged()
     led.off()
     led.close()
+
+
+def test_a_cord_already_pulled_at_start_up_is_reported(factory: MockFactory, closing) -> None:
+    """A hub restarting while someone hangs on a latched cord must still raise the alarm."""
+    fake, calls = FakeTime(), Calls()
+    inputs = closing(PinInputs([CORD, SMOKE], calls, 50, factory, fake.clock, fake.schedule))
+    assert inputs.report_active_at_start() == [], "nothing active: nothing reported"
+    cord_pin = factory.pin(CORD_PIN)
+    cord_pin._state = False  # the level is already low when the hub (re)starts: no edge to see
+    assert calls.reports == []
+    assert inputs.report_active_at_start() == [CORD]
+    assert calls.reports == [(CORD, True, T0)]
+    fake.advance_ms(60)
+    cord_pin.drive_high()
+    assert calls.reports[-1] == (CORD, False, T0 + 60 * MS), "the release after it is reported as usual"

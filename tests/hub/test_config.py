@@ -129,7 +129,7 @@ def test_pin_out_of_range_names_its_line_and_the_limit(tmp_path: Path) -> None:
 def test_gpio_device_without_pin_names_the_device_entry(tmp_path: Path) -> None:
     path = _write(tmp_path, HEAD + '\n[[devices]]\nid = "cord-bath"\nkind = "pullcord"\ntransport = "gpio"\n')
     message = _error(path)
-    assert message.startswith(f"{path}:{_line(path, '[[devices]]')}: devices[0]: ")
+    assert message.startswith(f"{path}:{_line(path, '[[devices]]')}: devices[0].pin: ")
     assert "'cord-bath'" in message and "pin" in message
 
 
@@ -190,27 +190,12 @@ def test_a_device_on_a_moved_siren_pin_is_refused_and_the_old_one_is_free(tmp_pa
     assert load_config(path).devices[0].pin == 27
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: siren_pin == led_pin passes `config check` (the outputs dict in HubConfig._devices_are_distinct "
-    "only checks input devices against outputs, never the two outputs against each other), yet the hub then "
-    "dies at start-up with gpiozero GPIOPinInUse when StatusLed claims the siren's pin.",
-)
 def test_siren_and_led_on_one_pin_are_refused(tmp_path: Path) -> None:
     path = _write(tmp_path, HEAD + "[gpio]\nsiren_pin = 22\nled_pin = 22\n")
     message = _error(path)
     assert message.startswith(str(path)) and "22" in message
 
 
-_CROSS_DEVICE_LINE = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: checks across devices run in HubConfig's model validator, whose pydantic location is the "
-    "root, so located_errors prints '<file>: (top): ...' with no line and no field, although ConfigError "
-    "promises file:line: field:. The person is not told which [[devices]] entry to fix.",
-)
-
-
-@_CROSS_DEVICE_LINE
 def test_duplicate_device_id_error_names_the_line_and_field_of_the_second_device(tmp_path: Path) -> None:
     path = _write(tmp_path, HEAD + TWO_DEVICES.format(id2="cord-bath", pin2=18))
     message = _error(path)
@@ -219,7 +204,6 @@ def test_duplicate_device_id_error_names_the_line_and_field_of_the_second_device
     assert int(match.group(1)) in _second_device_block(path)
 
 
-@_CROSS_DEVICE_LINE
 def test_shared_pin_error_names_the_line_and_field_of_the_second_device(tmp_path: Path) -> None:
     path = _write(tmp_path, HEAD + TWO_DEVICES.format(id2="cord-bed", pin2=17))
     message = _error(path)
@@ -228,7 +212,6 @@ def test_shared_pin_error_names_the_line_and_field_of_the_second_device(tmp_path
     assert int(match.group(1)) in _second_device_block(path)
 
 
-@_CROSS_DEVICE_LINE
 def test_siren_pin_error_names_the_line_and_field_of_the_device(tmp_path: Path) -> None:
     path = _write(tmp_path, HEAD + '\n[[devices]]\nid = "cord-bath"\nkind = "pullcord"\ntransport = "gpio"\npin = 27\n')
     message = _error(path)

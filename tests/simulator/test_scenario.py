@@ -92,14 +92,6 @@ def test_a_good_scenario_orders_its_steps_by_time(tmp_path: Path) -> None:
     assert scenario.steps[1].hold == 0.3
 
 
-_TOP_LEVEL_LINE = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: checks that relate a step to `devices` run in Scenario's model validator, whose pydantic "
-    "location is the root, so the error reads '<file>:1: (top): ...' — line 1 and no field — instead of the "
-    "line and field (steps[N]) of the offending step.",
-)
-
-
 def test_a_step_naming_an_unknown_device_is_refused(tmp_path: Path) -> None:
     path = _write(
         tmp_path,
@@ -110,7 +102,6 @@ def test_a_step_naming_an_unknown_device_is_refused(tmp_path: Path) -> None:
     assert "'cord-bed'" in message and "cord-bath" in message  # the wrong name and the known ones
 
 
-@_TOP_LEVEL_LINE
 def test_a_step_naming_an_unknown_device_names_its_line_and_field(tmp_path: Path) -> None:
     path = _write(
         tmp_path,
@@ -152,7 +143,6 @@ def test_a_device_step_without_do_names_its_line(tmp_path: Path) -> None:
     assert "needs `do`" in message
 
 
-@_TOP_LEVEL_LINE
 def test_a_step_doing_what_the_device_cannot_names_its_line_and_field(tmp_path: Path) -> None:
     path = _write(
         tmp_path,
