@@ -395,16 +395,30 @@ def test_led_without_a_pin_is_a_no_op() -> None:
     led.close()
 
 
-def test_a_cord_already_pulled_at_start_up_is_reported(factory: MockFactory, closing) -> None:
+class GroundedPin(TracingPin):
+    """A pin wired to ground before the hub starts: a pull-up cannot lift it (a latched cord)."""
+
+    grounded = False
+
+    def _set_pull(self, value: str) -> None:
+        super()._set_pull(value)
+        if self.grounded:
+            self.drive_low()
+
+
+def test_a_cord_already_pulled_at_start_up_is_reported(closing) -> None:
     """A hub restarting while someone hangs on a latched cord must still raise the alarm."""
+    grounded = MockFactory(pin_class=GroundedPin)
+    cord_pin = grounded.pin(CORD_PIN)
+    cord_pin.grounded = True
     fake, calls = FakeTime(), Calls()
-    inputs = closing(PinInputs([CORD, SMOKE], calls, 50, factory, fake.clock, fake.schedule))
-    assert inputs.report_active_at_start() == [], "nothing active: nothing reported"
-    cord_pin = factory.pin(CORD_PIN)
-    cord_pin._state = False  # the level is already low when the hub (re)starts: no edge to see
-    assert calls.reports == []
+    inputs = closing(PinInputs([CORD, SMOKE], calls, 50, grounded, fake.clock, fake.schedule))
+    assert calls.reports == [], "no edge is seen: the level was low before the hub started"
     assert inputs.report_active_at_start() == [CORD]
     assert calls.reports == [(CORD, True, T0)]
     fake.advance_ms(60)
+    cord_pin.grounded = False
     cord_pin.drive_high()
     assert calls.reports[-1] == (CORD, False, T0 + 60 * MS), "the release after it is reported as usual"
+    inputs.close()
+    grounded.close()
