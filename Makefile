@@ -19,7 +19,7 @@ test: lint
 	$(BIN)/python -m pytest
 
 bench: setup
-	$(BIN)/python bench/alarm_latency.py
+	$(BIN)/python bench/alarm_latency.py --record
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -22,6 +22,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from cloud_bridge.contract import ContractError, decode, topic
 from cloud_bridge.outbox import Outbox
@@ -33,6 +35,16 @@ log = logging.getLogger(__name__)
 # paho-mqtt leaves Nagle's algorithm on. An MQTT client that writes two small packets in a row (a
 # PUBACK, then its own PUBLISH) then waits for the peer's delayed TCP ACK: ~40 ms on every ack.
 NO_DELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+
+
+# A persistent session: acks and commands published while the hub is away wait for it at the broker.
+SESSION_EXPIRY_S = 86_400
+
+
+def _session_expiry(seconds: int) -> Properties:
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = seconds
+    return properties
 
 
 def raise_if_cancelled() -> None:
@@ -111,6 +123,8 @@ class MqttUplink:
                 keepalive=self.config.keepalive_s,
                 timeout=10,
                 socket_options=NO_DELAY,
+                clean_start=False,
+                properties=_session_expiry(SESSION_EXPIRY_S),
             ) as client:
                 await client.subscribe(self._topic("ack"), qos=1)
                 await client.subscribe(self._topic("cmd"), qos=1)

@@ -233,3 +233,16 @@ async def test_clean_stop_publishes_offline(rig: Rig) -> None:
             message = await anext(aiter(client.messages))
     body = json.loads(message.payload)  # type: ignore[arg-type]
     assert (body["state"], body["reason"], message.retain) == ("offline", "hub stopped", True)
+
+
+async def test_a_command_sent_while_the_hub_is_away_reaches_it_on_reconnect(rig: Rig) -> None:
+    first = asyncio.create_task(rig.uplink.run())
+    await asyncio.wait_for(rig.uplink.connected.wait(), 10)
+    first.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
+    command = {"schema": "anju.cmd/1", "cmd_id": "c-away", "command": "silence", "issued_at": "2026-11-29T10:00:00Z"}
+    await publish_raw(rig.broker, "cmd", json.dumps(command).encode())
+    rig.start(rig.uplink.run())
+    await asyncio.wait_for(rig.command_seen.wait(), 10)
+    assert [c["cmd_id"] for c in rig.commands] == ["c-away"]

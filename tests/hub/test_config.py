@@ -259,3 +259,10 @@ def test_cli_config_check_says_ok_for_a_good_file(tmp_path: Path, capsys: pytest
     assert err == ""
     assert out.startswith(f"{path}: ok")
     assert "hub-0001" in out and "2 device(s)" in out
+
+
+def test_the_documented_example_configuration_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "docs" / "hub.example.toml"
+    config = load_config(example)
+    assert [d.id for d in config.devices] == ["cord-bath", "cord-bed"]
+    assert config.gpio.pin_factory == "default" and config.audio.player == "aplay"
