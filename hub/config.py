@@ -133,11 +133,17 @@ class ConfigError(ValueError):
     """A configuration or scenario file is wrong; the message names file, line, field and the fix."""
 
 
-def load_config(path: Path) -> HubConfig:
+def read_file(path: Path, what: str) -> str:
+    """The text of a configuration-like file, or a ConfigError saying why it cannot be read."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror or exc}") from exc
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"{path}: cannot read the {what}: {reason}") from exc
+
+
+def load_config(path: Path) -> HubConfig:
+    text = read_file(path, "configuration")
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

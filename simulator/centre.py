@@ -23,7 +23,7 @@ from typing import Any
 import aiomqtt
 
 from cloud_bridge.contract import ContractError, decode, topic
-from cloud_bridge.mqtt import NO_DELAY, raise_if_cancelled
+from cloud_bridge.mqtt import mqtt_client, raise_if_cancelled
 from hub.model import iso_now
 
 log = logging.getLogger(__name__)
@@ -150,15 +150,7 @@ class Centre:
         delay = 0.2
         while True:
             try:
-                async with aiomqtt.Client(
-                    self.host,
-                    self.port,
-                    identifier=f"{self.centre_id}-{os.getpid()}",
-                    protocol=aiomqtt.ProtocolVersion.V5,
-                    socket_options=NO_DELAY,
-                    keepalive=30,
-                    timeout=10,
-                ) as client:
+                async with mqtt_client(self.host, self.port, f"{self.centre_id}-{os.getpid()}", keepalive=30) as client:
                     await client.subscribe(EVENT_FILTER, qos=1)
                     await client.subscribe(STATUS_FILTER, qos=1)
                     await client.subscribe(HEARTBEAT_FILTER, qos=0)

@@ -28,7 +28,7 @@ from typing import Annotated, Literal, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hub.config import ConfigError, DeviceConfig, FieldProblem, Identifier, located_errors
+from hub.config import ConfigError, DeviceConfig, FieldProblem, Identifier, located_errors, read_file
 from hub.model import DeviceKind, EventType, Transport
 
 # What each device kind can be made to do, per transport.
@@ -127,10 +127,7 @@ class Scenario(_Strict):
 
 
 def load_scenario(path: Path) -> Scenario:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the scenario: {exc.strerror or exc}") from exc
+    text = read_file(path, "scenario")
     try:
         raw = yaml.safe_load(text)
         root = yaml.compose(text)

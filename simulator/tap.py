@@ -15,7 +15,7 @@ from collections import Counter
 import aiomqtt
 
 from cloud_bridge.contract import TOPIC_ROOT, ContractError, decode, kind_of_topic
-from cloud_bridge.mqtt import NO_DELAY
+from cloud_bridge.mqtt import mqtt_client
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +32,8 @@ class ContractTap:
     async def run(self) -> None:
         while True:
             try:
-                async with aiomqtt.Client(
-                    self.host,
-                    self.port,
-                    identifier=f"contract-tap-{random.getrandbits(32):08x}",
-                    protocol=aiomqtt.ProtocolVersion.V5,
-                    socket_options=NO_DELAY,
-                    timeout=5,
+                async with mqtt_client(
+                    self.host, self.port, f"contract-tap-{random.getrandbits(32):08x}", timeout=5
                 ) as client:
                     await client.subscribe(f"{TOPIC_ROOT}/#", qos=1)
                     self.subscribed.set()
