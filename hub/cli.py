@@ -85,6 +85,20 @@ def _parser() -> argparse.ArgumentParser:
     centre.add_argument("--no-ack", action="store_true", help="record events but never acknowledge (fault tests)")
     centre.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
+    decode = sub.add_parser("decode", help="decode wire bytes for a person (bthome …)")
+    decode_sub = decode.add_subparsers(dest="decode_kind", metavar="FORMAT", required=True)
+    bthome = decode_sub.add_parser(
+        "bthome",
+        help="BTHome v2 service data (the bytes after the 0xFCD2 UUID)",
+        description="Decodes BTHome v2 service data with bthome-ble. Exit 2 with a one-line reason for a "
+        "wrong key, a bad MIC or unusable bytes.",
+        epilog="example: anju decode bthome 4400a101640c9a0a --json",
+    )
+    bthome.add_argument("hex", help="service data in hex (spaces and colons allowed)")
+    bthome.add_argument("--mac", default="00:00:00:00:00:00", help="the device's address (needed to decrypt)")
+    bthome.add_argument("--key", help="the device's bind key, 32 hex digits")
+    bthome.add_argument("--json", action="store_true", help="print one JSON object")
+
     config = sub.add_parser("config", help="check a configuration file without starting anything")
     config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     check = config_sub.add_parser("check", help="validate a hub configuration; exit 2 with file:line: field: fix")
@@ -109,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(config.devices)} device(s)"
             )
             return 0
+        if args.command == "decode":
+            return _decode(args)
         if args.command == "centre":
             _setup_logging(args.log_level)
             return _centre(args)
@@ -120,6 +136,32 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 2
+
+
+def _decode(args: argparse.Namespace) -> int:
+    from edge.bthome import DecodeError, decode_service_data
+
+    try:
+        data = bytes.fromhex(args.hex.replace(":", "").replace(" ", ""))
+        key = bytes.fromhex(args.key) if args.key else None
+        if key is not None and len(key) != 16:
+            raise DecodeError(f"the key has {len(key)} bytes; a BTHome key has 16 (32 hex digits)")
+        result = decode_service_data(data, args.mac, key)
+    except (ValueError, DecodeError) as exc:
+        print(f"anju decode bthome: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        print(
+            f"encrypted: {result['encrypted']}  trigger-based: {result['trigger_based']}  "
+            f"packet id: {result['packet_id']}  counter: {result['counter']}"
+        )
+        for name, value in result["values"].items():
+            print(f"  {name}: {value}")
+        for name in result["events"]:
+            print(f"  event: {name}")
+    return 0
 
 
 def _centre(args: argparse.Namespace) -> int:

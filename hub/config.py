@@ -16,7 +16,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hub.model import Device, DeviceKind, Household, Transport
+from hub.model import Device, DeviceKind, Household, Origin, Transport
 
 Identifier = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
 DeviceId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
@@ -37,21 +37,48 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Default supervision windows per transport (issue texts): battery BLE devices check in every few
+# minutes and are declared offline after 2 h of silence; Zigbee safety devices after 30 min.
+DEFAULT_CHECKIN_S = {Transport.BLE: 7200.0, Transport.ZIGBEE: 1800.0}
+
+
 class DeviceConfig(_Strict):
     id: DeviceId
     kind: DeviceKind
     transport: Transport
     pin: BcmPin | None = None
     room: str | None = None
+    mac: Annotated[str, Field(pattern=r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$")] | None = None
+    key: Annotated[str, Field(pattern=r"^[0-9A-Fa-f]{32}$", description="BTHome bind key, 32 hex digits")] | None = None
+    checkin_s: Annotated[float, Field(ge=1, le=7 * 86400)] | None = None
 
     @model_validator(mode="after")
-    def _gpio_needs_pin(self) -> Self:
+    def _transport_fields(self) -> Self:
         if self.transport is Transport.GPIO and self.pin is None:
             raise FieldProblem(("pin",), f"device {self.id!r} uses transport gpio, so it needs `pin` (BCM number 0-27)")
+        if self.transport is Transport.BLE and self.mac is None:
+            raise FieldProblem(
+                ("mac",), f"device {self.id!r} uses transport ble, so it needs `mac` (AA:BB:CC:DD:EE:FF)"
+            )
+        if self.transport is not Transport.BLE:
+            for name in ("mac", "key"):
+                if getattr(self, name) is not None:
+                    raise FieldProblem((name,), f"`{name}` is for BLE devices; {self.id!r} uses {self.transport.value}")
+        if self.transport is not Transport.GPIO and self.pin is not None:
+            raise FieldProblem(("pin",), f"`pin` is for GPIO devices; {self.id!r} uses {self.transport.value}")
         return self
 
     def to_device(self) -> Device:
-        return Device(self.id, self.kind, self.transport, self.pin, self.room)
+        return Device(
+            self.id,
+            self.kind,
+            self.transport,
+            self.pin,
+            self.room,
+            mac=self.mac.upper() if self.mac else None,
+            key=self.key.lower() if self.key else None,
+            checkin_s=self.checkin_s if self.checkin_s is not None else DEFAULT_CHECKIN_S.get(self.transport),
+        )
 
 
 class GpioConfig(_Strict):
@@ -62,6 +89,19 @@ class GpioConfig(_Strict):
     bounce_ms: int = Field(50, ge=0, le=1000)
     siren_pin: BcmPin | None = 27
     led_pin: BcmPin | None = 22
+
+
+class BleConfig(_Strict):
+    adapter: str = Field("hci0", pattern=r"^hci[0-9]{1,2}$")
+    mode: Literal["auto", "passive", "active"] = Field(
+        "auto", description="passive scanning where BlueZ supports advertisement monitors (auto), else active"
+    )
+    silence_restart_s: float = Field(90.0, ge=1, le=3600, description="no advert at all this long: restart the scan")
+    battery_low_percent: int = Field(20, ge=1, le=99)
+    security_interval_s: float = Field(60.0, ge=0, le=86400, description="at most one security report per device")
+    adapter_reset: Literal["auto-recovery", "none"] = Field(
+        "auto-recovery", description="how a wedged adapter is reset: bluetooth-auto-recovery, or not at all"
+    )
 
 
 class AudioConfig(_Strict):
@@ -96,6 +136,7 @@ class HubConfig(_Strict):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     devices: list[DeviceConfig] = []
     gpio: GpioConfig = GpioConfig()
+    ble: BleConfig = BleConfig()
     audio: AudioConfig = AudioConfig()
     mqtt: MqttConfig = MqttConfig()
     outbox: OutboxConfig = OutboxConfig()
@@ -124,6 +165,9 @@ class HubConfig(_Strict):
                 )
             pins[device.pin] = device.id
         return self
+
+    def origin(self) -> Origin:
+        return Origin(self.hub_id, self.household_id, self.county)
 
     def household(self) -> Household:
         return Household(self.household_id, self.county, tuple(d.to_device() for d in self.devices))

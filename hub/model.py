@@ -156,6 +156,9 @@ class Device:
     transport: Transport
     pin: int | None = None
     room: str | None = None
+    mac: str | None = None  # BLE address, upper case
+    key: str | None = None  # BTHome AES key, 32 hex digits
+    checkin_s: float | None = None  # supervision window: silence past it means the device is offline
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,40 @@ class Event:
             "device_counter": self.device_counter,
             "details": self.details,
         }
+
+
+@dataclass(frozen=True)
+class Origin:
+    """The hub, household and county an event comes from; makes events for its devices."""
+
+    hub_id: str
+    household_id: str
+    county: str
+
+    def event(
+        self,
+        type: EventType,
+        device: Device | None,
+        observed_mono_ns: int | None = None,
+        device_counter: int | None = None,
+        **details: Any,
+    ) -> Event:
+        described: dict[str, Any] = {}
+        if device is not None:
+            described = {"kind": device.kind.value, "transport": device.transport.value}
+            if device.room:
+                described["room"] = device.room
+        described.update(details)
+        return Event(
+            type,
+            self.hub_id,
+            self.household_id,
+            self.county,
+            device.id if device else None,
+            observed_mono_ns=observed_mono_ns if observed_mono_ns is not None else time.monotonic_ns(),
+            device_counter=device_counter,
+            details=described,
+        )
 
 
 def _iso(moment: datetime) -> str:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from hub.model import Device, DeviceKind, Event, EventType
+from hub.model import Device, DeviceKind, Event, EventType, Origin
 
 log = logging.getLogger(__name__)
 
@@ -39,52 +39,47 @@ class Voice(Protocol):
 
 CALL_FOR_HELP = frozenset({DeviceKind.PULLCORD, DeviceKind.BUTTON, DeviceKind.SOS, DeviceKind.PENDANT})
 
+# What the hub does in the room, at once, for each alarm: (siren pattern, voice prompt).
+LOCAL_ALERTS: dict[EventType, tuple[str, str]] = {
+    EventType.ALARM_EMERGENCY: ("emergency", "help_sent"),
+    EventType.ALARM_FALL: ("emergency", "help_sent"),
+    EventType.ALARM_FIRE: ("fire", "smoke"),
+}
+
 
 class Rules:
-    def __init__(
-        self,
-        hub_id: str,
-        household_id: str,
-        county: str,
-        siren: SirenOutput,
-        led: LedOutput,
-        voice: Voice,
-        emit: Emit,
-    ) -> None:
-        self._ids = (hub_id, household_id, county)
+    def __init__(self, origin: Origin, siren: SirenOutput, led: LedOutput, voice: Voice, emit: Emit) -> None:
+        self.origin = origin
         self.siren = siren
         self.led = led
         self.voice = voice
         self._emit = emit
 
     def on_input(self, device: Device, active: bool, observed_mono_ns: int) -> None:
-        """A debounced input edge from an edge adapter (on the event loop thread)."""
+        """A debounced GPIO edge (on the event loop thread): a pull-cord or button, or a smoke relay."""
+        kind: EventType | None = None
         if device.kind in CALL_FOR_HELP:
-            if active:
-                self._alarm(EventType.ALARM_EMERGENCY, device, observed_mono_ns, "emergency", "help_sent")
+            kind = EventType.ALARM_EMERGENCY if active else None
         elif device.kind is DeviceKind.SMOKE:
-            if active:
-                self._alarm(EventType.ALARM_FIRE, device, observed_mono_ns, "fire", "smoke")
-            else:
-                self._emit(self._event(EventType.RESTORE_FIRE, device, observed_mono_ns), None)
-        else:
+            kind = EventType.ALARM_FIRE if active else EventType.RESTORE_FIRE
+        if kind is None:
             log.debug("activity from %s", device.id)
+            return
+        self.on_event(self.origin.event(kind, device, observed_mono_ns))
 
-    def _alarm(self, kind: EventType, device: Device, observed_mono_ns: int, pattern: str, prompt: str) -> None:
+    def on_event(self, event: Event) -> None:
+        """An event from any edge adapter. Alarms sound and speak first, then everything is emitted."""
+        alert = LOCAL_ALERTS.get(event.type)
+        if alert is None:
+            self._emit(event, None)
+            return
+        pattern, prompt = alert
         self.siren.sound(pattern)
         alerted = time.monotonic_ns()
         self.voice.say(prompt, urgent=True)
         self.led.waiting()
-        event = self._event(kind, device, observed_mono_ns)
-        log.warning("%s from %s (%s): siren %s, prompt %s", kind.value, device.id, device.kind.value, pattern, prompt)
+        log.warning("%s from %s: siren %s, prompt %s", event.type.value, event.device_id, pattern, prompt)
         self._emit(event, alerted)
-
-    def _event(self, kind: EventType, device: Device, observed_mono_ns: int) -> Event:
-        hub_id, household_id, county = self._ids
-        details: dict[str, Any] = {"kind": device.kind.value, "transport": device.transport.value}
-        if device.room:
-            details["room"] = device.room
-        return Event(kind, hub_id, household_id, county, device.id, observed_mono_ns=observed_mono_ns, details=details)
 
     def on_acknowledged(self, event: Event) -> None:
         """The centre has the event (first ack only)."""

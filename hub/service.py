@@ -14,17 +14,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from cloud_bridge.mqtt import MqttUplink
 from cloud_bridge.outbox import Outbox, RetryPolicy
 from edge.audio import AplayPlayer, Player, RecordingPlayer, SilentPlayer, VoicePrompts
+from edge.ble import BleRadio
+from edge.bthome import BthomeInterpreter
 from edge.gpio import PinInputs, Siren, StatusLed, load_pin_factory
 from hub.config import AudioConfig, HubConfig
 from hub.journal import AsyncJournal, JournalError
-from hub.model import Device, Event
+from hub.model import Device, Event, EventType, Transport
 from hub.notify import sd_notify
 from hub.rules import Rules
+from hub.supervision import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +72,28 @@ class HubService:
             config.audio.voice,
             config.audio.prompts_dir,
         )
-        self.rules = Rules(
-            config.hub_id, config.household_id, config.county, self.siren, self.led, self.voice, self._emit
-        )
+        self.rules = Rules(config.origin(), self.siren, self.led, self.voice, self._emit)
 
         def from_pin_thread(device: Device, active: bool, mono_ns: int) -> None:
             loop.call_soon_threadsafe(self.rules.on_input, device, active, mono_ns)
 
-        self.inputs = PinInputs(config.household().devices, from_pin_thread, config.gpio.bounce_ms, factory)
+        household = config.household()
+        self.inputs = PinInputs(household.devices, from_pin_thread, config.gpio.bounce_ms, factory)
         self.inputs.report_active_at_start()
+        origin = config.origin()
+        self.supervisor = Supervisor(origin, household.devices)
+        radio_tasks = [asyncio.create_task(self._supervise(), name="supervision")]
+        ble_devices = [d for d in household.devices if d.transport is Transport.BLE]
+        if ble_devices:
+            interpreter = BthomeInterpreter(
+                origin,
+                ble_devices,
+                config.ble.battery_low_percent,
+                config.ble.security_interval_s,
+                on_heard=lambda device, ns: self._events(self.supervisor.heard(device.id, ns)),
+            )
+            self.ble = BleRadio(config.ble, interpreter, self._events, self._radio("ble"))
+            radio_tasks.append(asyncio.create_task(self.ble.run(), name="ble"))
         missing = await asyncio.to_thread(self.voice.prepare)
         if missing:
             log.error("voice prompts missing: %s (alarms still sound the siren)", ", ".join(missing))
@@ -92,8 +109,9 @@ class HubService:
         try:
             await stop.wait()
         finally:
-            uplink_task.cancel()
-            await asyncio.gather(uplink_task, return_exceptions=True)
+            for task in (uplink_task, *radio_tasks):
+                task.cancel()
+            await asyncio.gather(uplink_task, *radio_tasks, return_exceptions=True)
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             self.inputs.close()
@@ -101,6 +119,22 @@ class HubService:
             self.led.close()
             self.voice.close()
             self.journal.close()
+
+    def _events(self, events: list[Event]) -> None:
+        for event in events:
+            self.rules.on_event(event)
+
+    def _radio(self, name: str) -> Callable[[bool, str], None]:
+        def report(working: bool, reason: str) -> None:
+            kind = EventType.RESTORE_RADIO if working else EventType.FAULT_RADIO
+            self.rules.on_event(self.config.origin().event(kind, None, radio=name, reason=reason))
+
+        return report
+
+    async def _supervise(self) -> None:
+        while True:
+            await asyncio.sleep(self.supervisor.seconds_until_next_check())
+            self._events(self.supervisor.check())
 
     def _emit(self, event: Event, alerted_mono_ns: int | None) -> None:
         task = asyncio.get_running_loop().create_task(self._record(event, alerted_mono_ns))

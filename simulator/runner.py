@@ -27,10 +27,11 @@ from typing import Any
 
 import tomli_w
 
-from hub.model import EventType
+from hub.model import EventType, Transport
+from simulator.ble_rig import BleRig
 from simulator.broker import PrivateBroker
 from simulator.gpio import ENV_SOCKET, PinBench
-from simulator.scenario import Scenario, Step
+from simulator.scenario import ALARM_STIMULI, Scenario, Step
 from simulator.tap import ContractTap
 
 SIREN_PIN = 27
@@ -165,6 +166,7 @@ class ScenarioRunner:
         self.centre_db = workdir / "centre.sqlite3"
         self.hub_peak_rss_mb: float | None = None
         self.tap = ContractTap("127.0.0.1", 0)
+        self.ble: BleRig | None = None
 
     def _hub_config(self, broker: PrivateBroker) -> Path:
         scenario = self.scenario
@@ -185,6 +187,7 @@ class ScenarioRunner:
             },
             "outbox": {"resend_first_s": 2.0, "resend_cap_s": 10.0},
             "devices": [device.model_dump(mode="json", exclude_none=True) for device in scenario.devices],
+            "ble": self.ble.hub_config() if self.ble is not None else {},
         }
         path = self.workdir / "hub.toml"
         path.write_bytes(tomli_w.dumps(config).encode())
@@ -200,7 +203,11 @@ class ScenarioRunner:
         hub = ChildProcess("hub", [*cli, "run", "--config", "-"], self.workdir, {ENV_SOCKET: str(bench.path)})
         releases: set[asyncio.Task[None]] = set()
         tap_task: asyncio.Task[None] | None = None
+        self.ble = BleRig(self.scenario, self.workdir / "bluez", self.timeline.add) if self.scenario.has_ble() else None
         try:
+            if self.ble is not None:
+                await self.ble.start()
+                hub.env.update(self.ble.env())
             broker.start()
             self.tap = ContractTap(broker.host, broker.port)
             tap_task = asyncio.create_task(self.tap.run())
@@ -236,6 +243,8 @@ class ScenarioRunner:
             await centre.stop()
             broker.stop()
             await bench.close()
+            if self.ble is not None:
+                await self.ble.stop()
         self.timeline.echo = None  # what follows is reconstructed from the records, not live
         result = self._result(bench)
         result["duration_s"] = round(time.monotonic() - started, 3)
@@ -251,6 +260,13 @@ class ScenarioRunner:
         releases: set[asyncio.Task[None]],
     ) -> None:
         add = self.timeline.add
+        device_config = next((d for d in self.scenario.devices if d.id == step.device), None)
+        if step.ble is not None or (device_config is not None and device_config.transport is Transport.BLE):
+            assert self.ble is not None
+            stimulus = await self.ble.play(step)
+            if stimulus is not None and step.device is not None and step.do is not None:
+                self.stimuli.append(Stimulus(step.device, step.do, stimulus))
+            return
         if step.device is not None and step.do is not None:
             device = next(d for d in self.scenario.devices if d.id == step.device)
             assert device.pin is not None
@@ -304,7 +320,7 @@ class ScenarioRunner:
 
     async def _settle(self) -> None:
         """Wait until the hub has journaled every stimulus and the centre acknowledged everything."""
-        expected_alarms = sum(1 for s in self.stimuli if s.action in ("pull", "press", "smoke"))
+        expected_alarms = sum(1 for s in self.stimuli if s.action in ALARM_STIMULI)
         deadline = time.monotonic() + self.scenario.settle
         while time.monotonic() < deadline:
             records = _read_rows(self.hub_data / "journal.sqlite3", "SELECT type, acked_at FROM events")

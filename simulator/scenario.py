@@ -38,6 +38,19 @@ GPIO_ACTIONS: dict[DeviceKind, frozenset[str]] = {
     DeviceKind.SOS: frozenset({"press", "release"}),
     DeviceKind.SMOKE: frozenset({"smoke", "clear"}),
 }
+_BLE_COMMON = frozenset({"battery", "silence", "resume", "replay", "spoof", "rssi", "plaintext", "tamper"})
+_BLE_BUTTONS = frozenset({"press", "double_press", "long_press"})
+BLE_ACTIONS: dict[DeviceKind, frozenset[str]] = {
+    DeviceKind.PENDANT: _BLE_COMMON | _BLE_BUTTONS | {"fall"},
+    DeviceKind.BUTTON: _BLE_COMMON | _BLE_BUTTONS,
+    DeviceKind.PULLCORD: _BLE_COMMON | _BLE_BUTTONS,
+    DeviceKind.SOS: _BLE_COMMON | _BLE_BUTTONS,
+    DeviceKind.SMOKE: _BLE_COMMON | {"smoke", "clear"},
+    DeviceKind.MOTION: _BLE_COMMON | {"motion"},
+    DeviceKind.CONTACT: _BLE_COMMON | {"open", "close"},
+}
+# Steps that are a person or a fire asking for help: the runner expects an alarm from each.
+ALARM_STIMULI = frozenset({"pull", "press", "double_press", "long_press", "fall", "smoke"})
 
 
 class _Strict(BaseModel):
@@ -54,16 +67,18 @@ class Step(_Strict):
     device: str | None = None
     do: str | None = None
     hold: Annotated[float, Field(gt=0, le=60)] = 0.3
+    value: float | None = Field(None, description="for `battery` (percent) and `rssi` (dBm)")
     uplink: Literal["up", "down"] | None = None
     hub: Literal["kill", "restart"] | None = None
     centre: Literal["down", "up", "no_ack"] | None = None
+    ble: Literal["adapter_gone", "adapter_back", "in_progress", "garbage"] | None = None
 
     @model_validator(mode="after")
     def _one_action(self) -> Self:
-        actions = [name for name in ("device", "uplink", "hub", "centre") if getattr(self, name) is not None]
+        actions = [name for name in ("device", "uplink", "hub", "centre", "ble") if getattr(self, name) is not None]
         if len(actions) != 1:
             raise ValueError(
-                "a step needs exactly one of `device` (with `do`), `uplink`, `hub` or `centre`;"
+                "a step needs exactly one of `device` (with `do`), `uplink`, `hub`, `centre` or `ble`;"
                 f" this one has {actions or 'none'}"
             )
         if self.device is not None and self.do is None:
@@ -80,6 +95,13 @@ class Expectation(_Strict):
     delivered: bool | None = None
 
 
+class BleOptions(_Strict):
+    passive: bool = Field(True, description="the fake BlueZ offers advertisement monitors (passive scanning)")
+    heartbeat_s: float = Field(1.0, gt=0, le=3600, description="each BLE device's periodic advert")
+    silence_restart_s: float = Field(5.0, ge=1, le=3600, description="the hub's BLE watchdog, for the scenario")
+    strangers: int = Field(0, ge=0, le=5000, description="unknown devices advertising all the time")
+
+
 class Scenario(_Strict):
     name: str
     description: str | None = None
@@ -88,6 +110,7 @@ class Scenario(_Strict):
     devices: list[DeviceConfig]
     steps: list[Step] = []
     expect: list[Expectation] = []
+    ble: BleOptions = BleOptions()
     settle: Annotated[float, Field(gt=0, le=600, description="seconds to wait after the last step")] = 20.0
 
     @model_validator(mode="after")
@@ -103,7 +126,8 @@ class Scenario(_Strict):
                     f"step at {step.at} names device {step.device!r}, which is not in `devices`"
                     f" (known: {', '.join(devices) or 'none'})",
                 )
-            allowed = GPIO_ACTIONS.get(device.kind, frozenset()) if device.transport is Transport.GPIO else set()
+            table = {Transport.GPIO: GPIO_ACTIONS, Transport.BLE: BLE_ACTIONS}.get(device.transport, {})
+            allowed = table.get(device.kind, frozenset())
             if step.do not in allowed:
                 raise FieldProblem(
                     ("steps", index, "do"),
@@ -117,6 +141,9 @@ class Scenario(_Strict):
                     f"expectation names device {expectation.device!r}, which is not in `devices`",
                 )
         return self
+
+    def has_ble(self) -> bool:
+        return any(d.transport is Transport.BLE for d in self.devices)
 
     @property
     def effective_hub_id(self) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from simulator.runner import run_scenario
-from simulator.scenario import Scenario, bundled, load_scenario
+from simulator.scenario import ALARM_STIMULI, Scenario, bundled, load_scenario
 
 SCENARIOS = sorted(p.stem for p in bundled("bathroom-cord").parent.glob("*.yaml"))
 
@@ -30,7 +30,7 @@ async def test_bundled_scenario_delivers_every_alarm_once(name: str, tmp_path: P
 
     assert result["ok"], json.dumps(result["expectations"], ensure_ascii=False, indent=1)
     alarms = [e for e in result["events"] if e["type"].startswith("alarm.")]
-    pulls = [s for s in scenario.steps if s.do in ("pull", "press", "smoke")]
+    pulls = [s for s in scenario.steps if s.do in ALARM_STIMULI]
     assert len(alarms) == len(pulls), "one alarm per pull, none lost, none invented"
     for event in alarms:
         assert event["delivered"], event

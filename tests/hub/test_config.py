@@ -89,7 +89,7 @@ def test_a_good_config_loads_with_data_dir_resolved_against_the_file(tmp_path: P
     assert household.id == "hh-0001" and household.county == "minle"
     assert household.devices == (
         Device("cord-bath", DeviceKind.PULLCORD, Transport.GPIO, 17, "卫生间"),
-        Device("smoke-kitchen", DeviceKind.SMOKE, Transport.ZIGBEE, None, "厨房"),
+        Device("smoke-kitchen", DeviceKind.SMOKE, Transport.ZIGBEE, None, "厨房", checkin_s=1800.0),
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from hub.model import Device, DeviceKind, Event, EventType, Priority, Transport
+from hub.model import Device, DeviceKind, Event, EventType, Origin, Priority, Transport
 from hub.rules import Rules
 
 HUB, HOUSEHOLD, COUNTY = "hub-0001", "hh-42", "anxi"
@@ -70,7 +70,7 @@ def log() -> Recorder:
 
 @pytest.fixture
 def rules(log: Recorder) -> Rules:
-    return Rules(HUB, HOUSEHOLD, COUNTY, FakeSiren(log), FakeLed(log), FakeVoice(log), log.emit)
+    return Rules(Origin(HUB, HOUSEHOLD, COUNTY), FakeSiren(log), FakeLed(log), FakeVoice(log), log.emit)
 
 
 def _event(kind: EventType, device: Device = CORD) -> Event:

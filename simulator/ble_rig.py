@@ -1,0 +1,154 @@
+"""The BLE side of a scenario run: the fake bluetoothd, the household's virtual BTHome devices,
+their heartbeats, strangers advertising nearby, and the BLE steps of the timeline.
+
+Virtual devices build their adverts from the BTHome specification (simulator.bthome); the hub's
+bleak/BlueZ code receives them through the fake `org.bluez` on a private D-Bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hub.model import DeviceKind, Transport
+from simulator.ble import FakeBluez
+from simulator.bthome import VirtualBthomeDevice, button, packet_id, service_data
+from simulator.scenario import Scenario, Step
+
+log = logging.getLogger(__name__)
+
+BURST = 3  # a press is sent as a burst of identical adverts, as the firmware does
+BURST_GAP_S = 0.1
+
+
+class BleRig:
+    def __init__(self, scenario: Scenario, workdir: Path, note: Callable[[int, str, str], None]) -> None:
+        self.scenario = scenario
+        self.options = scenario.ble
+        self.bluez = FakeBluez(workdir, passive=self.options.passive)
+        self._note = note
+        self.devices = {d.id: d for d in scenario.devices if d.transport is Transport.BLE}
+        self.virtual = {
+            d.id: VirtualBthomeDevice(d.mac or "", bytes.fromhex(d.key) if d.key else None)
+            for d in self.devices.values()
+        }
+        self.rssi = dict.fromkeys(self.devices, -60)
+        self.silenced: set[str] = set()
+        self._strangers = [_random_mac() for _ in range(self.options.strangers)]
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.bluez.start()
+        self._tasks.append(asyncio.create_task(self._heartbeats()))
+
+    def env(self) -> dict[str, str]:
+        return {"DBUS_SYSTEM_BUS_ADDRESS": self.bluez.address}
+
+    def hub_config(self) -> dict[str, Any]:
+        return {"adapter_reset": "none", "silence_restart_s": self.options.silence_restart_s, "security_interval_s": 5}
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.bluez.stop()
+
+    async def _heartbeats(self) -> None:
+        stranger = VirtualBthomeDevice("00:00:00:00:00:00", None)
+        while True:
+            for device_id, device in self.devices.items():
+                if device_id not in self.silenced:
+                    await self._send(device.mac or "", self.virtual[device_id].heartbeat(), self.rssi[device_id])
+            if self._strangers:
+                data = stranger.heartbeat()
+                await self.bluez.advertise_many([(mac, {"fcd2": data}, -85) for mac in self._strangers])
+            await asyncio.sleep(self.options.heartbeat_s)
+
+    async def _send(self, mac: str, data: bytes, rssi: int) -> None:
+        with contextlib.suppress(Exception):  # the adapter may be "gone": adverts are lost, as on air
+            await self.bluez.advertise(mac, {"fcd2": data}, rssi=rssi)
+
+    async def play(self, step: Step) -> int | None:
+        """Play one step; returns the monotonic ns of the stimulus for steps that should raise an alarm."""
+        if step.ble is not None:
+            await self._adapter_step(step.ble)
+            return None
+        assert step.device is not None and step.do is not None
+        device = self.devices[step.device]
+        virtual = self.virtual[step.device]
+        mac = device.mac or ""
+        action = step.do
+        if action in ("silence", "resume"):
+            (self.silenced.add if action == "silence" else self.silenced.discard)(step.device)
+            self._note(
+                time.monotonic_ns(),
+                "device",
+                f"{step.device}: {'stops' if action == 'silence' else 'resumes'} advertising",
+            )
+            return None
+        if action == "rssi":
+            self.rssi[step.device] = int(step.value if step.value is not None else -60)
+            return None
+        data = self._advert(action, step, virtual, mac, device.kind)
+        sent = time.monotonic_ns()
+        await self._send(mac, data, self.rssi[step.device])
+        self._note(sent, "device", f"{step.device}: {action} (BTHome advert, {len(data)} bytes)")
+        if action in ("press", "double_press", "long_press", "fall", "smoke"):
+            self._tasks.append(asyncio.create_task(self._burst(mac, data, self.rssi[step.device])))
+            return sent
+        return None
+
+    def _advert(self, action: str, step: Step, virtual: VirtualBthomeDevice, mac: str, kind: DeviceKind) -> bytes:
+        if action == "replay":
+            return virtual.replay()
+        if action == "spoof":
+            return virtual.spoof(os.urandom(16))
+        if action == "plaintext":
+            return service_data([packet_id(random.randrange(256)), button("press")], mac=mac, trigger_based=True)
+        if action == "battery":
+            return virtual.battery_level(int(step.value if step.value is not None else 10))
+        simple: dict[str, Callable[[], bytes]] = {
+            "press": virtual.press,
+            "double_press": virtual.double_press,
+            "long_press": virtual.long_press,
+            "fall": virtual.fall,
+            "smoke": lambda: virtual.smoke(True),
+            "clear": lambda: virtual.smoke(False),
+            "tamper": lambda: virtual.tamper(True),
+            "motion": lambda: virtual.motion(True),
+            "open": lambda: virtual.opening(True),
+            "close": lambda: virtual.opening(False),
+        }
+        return simple[action]()
+
+    async def _burst(self, mac: str, data: bytes, rssi: int) -> None:
+        for _ in range(BURST - 1):
+            await asyncio.sleep(BURST_GAP_S)
+            await self._send(mac, data, rssi)
+
+    async def _adapter_step(self, fault: str) -> None:
+        now = time.monotonic_ns()
+        if fault == "adapter_gone":
+            await self.bluez.remove_adapter()
+            self._note(now, "radio", "BLE adapter removed (InterfacesRemoved hci0)")
+        elif fault == "adapter_back":
+            await self.bluez.restore_adapter()
+            self._note(now, "radio", "BLE adapter back")
+        elif fault == "in_progress":
+            self.bluez.fail_start_discovery("org.bluez.Error.InProgress", times=3)
+            self._note(now, "radio", "BlueZ will answer the next 3 StartDiscovery calls with InProgress")
+        elif fault == "garbage":
+            first = next(iter(self.devices.values()))
+            await self.bluez.send_garbage_properties(first.mac or "")
+            self._note(now, "radio", f"garbage D-Bus property types for {first.id}")
+
+
+def _random_mac() -> str:
+    return ":".join(f"{random.randrange(256):02X}" for _ in range(6))
