@@ -38,6 +38,12 @@ RadioHandler = Callable[[bool, str], None]
 """Called with (working, reason) when the radio stops or starts working."""
 
 
+def _passive_unsupported(exc: Exception) -> bool:
+    """bleak's word that this BlueZ has no advertisement monitors (too old, or not --experimental)."""
+    text = str(exc)
+    return "passive scanning" in text or "AdvertisementMonitorManager1" in text
+
+
 class BleRadio:
     def __init__(
         self,
@@ -97,15 +103,17 @@ class BleRadio:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if self.mode == "passive" and self.config.mode == "auto":
+                if self.mode == "passive" and self.config.mode == "auto" and _passive_unsupported(exc):
                     log.info("passive BLE scanning unavailable (%s); scanning actively", exc)
                     self.mode = "active"
                     continue
                 failures += 1
                 self._radio(False, f"scan could not start: {exc}")
+                delay = min(self.config.retry_max_s, 0.5 * 2**failures)
+                log.warning("BLE scan could not start (%s); attempt %d, retrying in %.1f s", exc, failures, delay)
                 if failures >= 2:
                     await self._reset_adapter()
-                await asyncio.sleep(min(30.0, 0.5 * 2**failures))
+                await asyncio.sleep(delay)
                 continue
             failures = 0
             log.info("BLE scanning (%s) on %s for %d device(s)", self.mode, self.config.adapter, len(self._known))

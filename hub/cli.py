@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 def _decode(args: argparse.Namespace) -> int:
     from edge.bthome import DecodeError, decode_service_data
 
+    logging.getLogger("bthome_ble").setLevel(logging.CRITICAL)  # its warnings would repeat our one line
     try:
         data = bytes.fromhex(args.hex.replace(":", "").replace(" ", ""))
         key = bytes.fromhex(args.key) if args.key else None

@@ -97,6 +97,7 @@ class BleConfig(_Strict):
         "auto", description="passive scanning where BlueZ supports advertisement monitors (auto), else active"
     )
     silence_restart_s: float = Field(90.0, ge=1, le=3600, description="no advert at all this long: restart the scan")
+    retry_max_s: float = Field(30.0, ge=0.1, le=600, description="longest wait between attempts to start a scan")
     battery_low_percent: int = Field(20, ge=1, le=99)
     security_interval_s: float = Field(60.0, ge=0, le=86400, description="at most one security report per device")
     adapter_reset: Literal["auto-recovery", "none"] = Field(

@@ -6,11 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(mosquitto espeak-ng alsa-utils python3-venv)
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto)
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v aplay >/dev/null 2>&1 || missing+=(alsa-utils)
+command -v dbus-daemon >/dev/null 2>&1 || missing+=(dbus)   # the simulator's private D-Bus (fake bluetoothd)
 PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
   echo "Anju needs Python 3.11 or newer; $PYTHON is $("$PYTHON" --version 2>&1). Set PYTHON=/path/to/python3.11." >&2

@@ -41,6 +41,7 @@ class BleRig:
         }
         self.rssi = dict.fromkeys(self.devices, -60)
         self.silenced: set[str] = set()
+        self.bursting: set[str] = set()  # a device sends its burst before any newer advert, as on air
         self._strangers = [_random_mac() for _ in range(self.options.strangers)]
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -52,7 +53,12 @@ class BleRig:
         return {"DBUS_SYSTEM_BUS_ADDRESS": self.bluez.address}
 
     def hub_config(self) -> dict[str, Any]:
-        return {"adapter_reset": "none", "silence_restart_s": self.options.silence_restart_s, "security_interval_s": 5}
+        return {
+            "adapter_reset": "none",
+            "silence_restart_s": self.options.silence_restart_s,
+            "security_interval_s": 1,
+            "retry_max_s": 1.0,
+        }
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -64,7 +70,7 @@ class BleRig:
         stranger = VirtualBthomeDevice("00:00:00:00:00:00", None)
         while True:
             for device_id, device in self.devices.items():
-                if device_id not in self.silenced:
+                if device_id not in self.silenced and device_id not in self.bursting:
                     await self._send(device.mac or "", self.virtual[device_id].heartbeat(), self.rssi[device_id])
             if self._strangers:
                 data = stranger.heartbeat()
@@ -101,13 +107,14 @@ class BleRig:
         await self._send(mac, data, self.rssi[step.device])
         self._note(sent, "device", f"{step.device}: {action} (BTHome advert, {len(data)} bytes)")
         if action in ("press", "double_press", "long_press", "fall", "smoke"):
-            self._tasks.append(asyncio.create_task(self._burst(mac, data, self.rssi[step.device])))
+            self.bursting.add(step.device)
+            self._tasks.append(asyncio.create_task(self._burst(step.device, mac, data, self.rssi[step.device])))
             return sent
         return None
 
     def _advert(self, action: str, step: Step, virtual: VirtualBthomeDevice, mac: str, kind: DeviceKind) -> bytes:
         if action == "replay":
-            return virtual.replay()
+            return virtual.replay(0)  # an old captured advert, sent again
         if action == "spoof":
             return virtual.spoof(os.urandom(16))
         if action == "plaintext":
@@ -128,10 +135,13 @@ class BleRig:
         }
         return simple[action]()
 
-    async def _burst(self, mac: str, data: bytes, rssi: int) -> None:
-        for _ in range(BURST - 1):
-            await asyncio.sleep(BURST_GAP_S)
-            await self._send(mac, data, rssi)
+    async def _burst(self, device_id: str, mac: str, data: bytes, rssi: int) -> None:
+        try:
+            for _ in range(BURST - 1):
+                await asyncio.sleep(BURST_GAP_S)
+                await self._send(mac, data, rssi)
+        finally:
+            self.bursting.discard(device_id)
 
     async def _adapter_step(self, fault: str) -> None:
         now = time.monotonic_ns()
@@ -143,7 +153,8 @@ class BleRig:
             self._note(now, "radio", "BLE adapter back")
         elif fault == "in_progress":
             self.bluez.fail_start_discovery("org.bluez.Error.InProgress", times=3)
-            self._note(now, "radio", "BlueZ will answer the next 3 StartDiscovery calls with InProgress")
+            self.bluez.fail_register_monitor("org.bluez.Error.InProgress", times=3)
+            self._note(now, "radio", "BlueZ will answer the next 3 scan starts with org.bluez.Error.InProgress")
         elif fault == "garbage":
             first = next(iter(self.devices.values()))
             await self.bluez.send_garbage_properties(first.mac or "")

@@ -35,6 +35,7 @@ from simulator.scenario import ALARM_STIMULI, Scenario, Step
 from simulator.tap import ContractTap
 
 SIREN_PIN = 27
+QUIET_S = 0.5
 LED_PIN = 22
 
 
@@ -319,8 +320,13 @@ class ScenarioRunner:
             await bench.drive(pin, 1)
 
     async def _settle(self) -> None:
-        """Wait until the hub has journaled every stimulus and the centre acknowledged everything."""
+        """Wait until the hub has journaled every stimulus and the centre acknowledged everything.
+
+        The last step's consequences (a restore, a security report) may still be on their way, so
+        the runner waits QUIET_S after the last step before it trusts "everything is acknowledged".
+        """
         expected_alarms = sum(1 for s in self.stimuli if s.action in ALARM_STIMULI)
+        await asyncio.sleep(QUIET_S)
         deadline = time.monotonic() + self.scenario.settle
         while time.monotonic() < deadline:
             records = _read_rows(self.hub_data / "journal.sqlite3", "SELECT type, acked_at FROM events")

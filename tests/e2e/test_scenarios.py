@@ -41,7 +41,7 @@ async def test_bundled_scenario_delivers_every_alarm_once(name: str, tmp_path: P
     assert len({e["event_id"] for e in alarms}) == len(alarms)
     assert [e["seq"] for e in result["events"]] == sorted(e["seq"] for e in result["events"])
     assert result["contract"]["violations"] == []
-    assert result["contract"]["messages"].get("event", 0) >= len(alarms)
+    # (The tap's message counts are not compared: across a broker restart it may reconnect after the hub.)
     assert result["prompts"].count("help_sent") == len(pulls)
     assert result["prompts"].count("centre_received") == len(alarms)
 

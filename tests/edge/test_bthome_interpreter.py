@@ -35,9 +35,12 @@ def make(**options: object) -> tuple[BthomeInterpreter, Clock, list[tuple[str, i
     clock = Clock()
     seen: list[tuple[str, int]] = []
     interpreter = BthomeInterpreter(
-        ORIGIN, [PENDANT, SMOKE, BUTTON, MOTION], clock=clock,
+        ORIGIN,
+        [PENDANT, SMOKE, BUTTON, MOTION],
+        clock=clock,
         on_activity=lambda d, ns: seen.append(("activity:" + d.id, ns)),
-        on_heard=lambda d, ns: seen.append(("heard:" + d.id, ns)), **options,  # type: ignore[arg-type]
+        on_heard=lambda d, ns: seen.append(("heard:" + d.id, ns)),
+        **options,  # type: ignore[arg-type]
     )
     return interpreter, clock, seen
 
@@ -52,7 +55,7 @@ def types(events) -> list[str]:
 
 
 def test_an_encrypted_pendant_press_is_an_emergency_once_per_burst() -> None:
-    interpreter, clock, seen = make()
+    interpreter, _, seen = make()
     pendant = VirtualBthomeDevice(PENDANT.mac or "", KEY)
     press = pendant.press()
     (event,) = feed(interpreter, PENDANT, press, ns=5)
