@@ -99,6 +99,17 @@ def _parser() -> argparse.ArgumentParser:
     bthome.add_argument("--key", help="the device's bind key, 32 hex digits")
     bthome.add_argument("--json", action="store_true", help="print one JSON object")
 
+    znp = decode_sub.add_parser(
+        "znp",
+        help="one TI Z-Stack MT frame (SOF 0xFE … FCS)",
+        description="Decodes one MT frame with zigpy-znp's parser: type, subsystem, command, fields, and for "
+        "AF_INCOMING_MSG on the IAS Zone cluster the ZCL command and ZoneStatus bits. Exit 2 for a bad FCS "
+        "or length.",
+        epilog="example: anju decode znp 'FE 00 21 01 20'",
+    )
+    znp.add_argument("hex", help="the frame in hex (spaces and colons allowed)")
+    znp.add_argument("--json", action="store_true", help="print one JSON object")
+
     config = sub.add_parser("config", help="check a configuration file without starting anything")
     config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     check = config_sub.add_parser("check", help="validate a hub configuration; exit 2 with file:line: field: fix")
@@ -139,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _decode(args: argparse.Namespace) -> int:
+    if args.decode_kind == "znp":
+        return _decode_znp(args)
     from edge.bthome import DecodeError, decode_service_data
 
     logging.getLogger("bthome_ble").setLevel(logging.CRITICAL)  # its warnings would repeat our one line
@@ -162,6 +175,30 @@ def _decode(args: argparse.Namespace) -> int:
             print(f"  {name}: {value}")
         for name in result["events"]:
             print(f"  event: {name}")
+    return 0
+
+
+def _decode_znp(args: argparse.Namespace) -> int:
+    from edge.mt_decode import FrameError, decode_mt_frame
+
+    try:
+        result = decode_mt_frame(bytes.fromhex(args.hex.replace(":", "").replace(" ", "")))
+    except (ValueError, FrameError) as exc:
+        print(f"anju decode znp: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['type']} {result['subsystem']} {result['command']} ({result['command_id']})")
+    for name, value in result.get("fields", {}).items():
+        print(f"  {name}: {value}")
+    zcl = result.get("zcl")
+    if zcl:
+        print(f"  ZCL: {zcl.get('command', zcl['command_id'])}, TSN {zcl['tsn']}, {zcl['direction']}")
+        for name, value in zcl.get("fields", {}).items():
+            print(f"    {name}: {value}")
+        if "zone_status_bits" in zcl:
+            print(f"    ZoneStatus bits: {', '.join(zcl['zone_status_bits']) or 'none'}")
     return 0
 
 

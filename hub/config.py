@@ -50,6 +50,7 @@ class DeviceConfig(_Strict):
     room: str | None = None
     mac: Annotated[str, Field(pattern=r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$")] | None = None
     key: Annotated[str, Field(pattern=r"^[0-9A-Fa-f]{32}$", description="BTHome bind key, 32 hex digits")] | None = None
+    ieee: Annotated[str, Field(pattern=r"^([0-9A-Fa-f]{2}:){7}[0-9A-Fa-f]{2}$")] | None = None
     checkin_s: Annotated[float, Field(ge=1, le=7 * 86400)] | None = None
 
     @model_validator(mode="after")
@@ -60,6 +61,12 @@ class DeviceConfig(_Strict):
             raise FieldProblem(
                 ("mac",), f"device {self.id!r} uses transport ble, so it needs `mac` (AA:BB:CC:DD:EE:FF)"
             )
+        if self.transport is Transport.ZIGBEE and self.ieee is None:
+            raise FieldProblem(
+                ("ieee",), f"device {self.id!r} uses transport zigbee, so it needs `ieee` (00:0d:6f:00:0a:90:69:e7)"
+            )
+        if self.transport is not Transport.ZIGBEE and self.ieee is not None:
+            raise FieldProblem(("ieee",), f"`ieee` is for Zigbee devices; {self.id!r} uses {self.transport.value}")
         if self.transport is not Transport.BLE:
             for name in ("mac", "key"):
                 if getattr(self, name) is not None:
@@ -77,6 +84,7 @@ class DeviceConfig(_Strict):
             self.room,
             mac=self.mac.upper() if self.mac else None,
             key=self.key.lower() if self.key else None,
+            ieee=self.ieee.lower() if self.ieee else None,
             checkin_s=self.checkin_s if self.checkin_s is not None else DEFAULT_CHECKIN_S.get(self.transport),
         )
 
@@ -103,6 +111,17 @@ class BleConfig(_Strict):
     adapter_reset: Literal["auto-recovery", "none"] = Field(
         "auto-recovery", description="how a wedged adapter is reset: bluetooth-auto-recovery, or not at all"
     )
+
+
+class ZigbeeConfig(_Strict):
+    radio: Literal["znp", "ezsp"] = Field("znp", description="znp: TI CC2652 Z-Stack (zigpy-znp); ezsp: bellows")
+    port: str = Field("/dev/ttyUSB0", description="the coordinator's serial port")
+    baudrate: int = Field(115200, ge=9600, le=1_000_000)
+    permit_on_start_s: int = Field(0, ge=0, le=254, description="open joining this long at start (pairing)")
+    ping_s: float = Field(30.0, ge=1, le=600, description="watchdog: ping the coordinator this often")
+    fault_after_s: float = Field(60.0, ge=0, le=3600, description="report fault.radio after the link is down this long")
+    retry_max_s: float = Field(30.0, ge=0.1, le=600)
+    duplicate_window_s: float = Field(10.0, ge=0, le=600, description="same ZCL sequence number within: one event")
 
 
 class AudioConfig(_Strict):
@@ -138,6 +157,7 @@ class HubConfig(_Strict):
     devices: list[DeviceConfig] = []
     gpio: GpioConfig = GpioConfig()
     ble: BleConfig = BleConfig()
+    zigbee: ZigbeeConfig = ZigbeeConfig()
     audio: AudioConfig = AudioConfig()
     mqtt: MqttConfig = MqttConfig()
     outbox: OutboxConfig = OutboxConfig()

@@ -158,6 +158,7 @@ class Device:
     room: str | None = None
     mac: str | None = None  # BLE address, upper case
     key: str | None = None  # BTHome AES key, 32 hex digits
+    ieee: str | None = None  # Zigbee IEEE address, lower case, colon separated
     checkin_s: float | None = None  # supervision window: silence past it means the device is offline
 
 

@@ -23,6 +23,7 @@ from edge.audio import AplayPlayer, Player, RecordingPlayer, SilentPlayer, Voice
 from edge.ble import BleRadio
 from edge.bthome import BthomeInterpreter
 from edge.gpio import PinInputs, Siren, StatusLed, load_pin_factory
+from edge.zigbee import ZigbeeRadio
 from hub.config import AudioConfig, HubConfig
 from hub.journal import AsyncJournal, JournalError
 from hub.model import Device, Event, EventType, Transport
@@ -94,6 +95,18 @@ class HubService:
             )
             self.ble = BleRadio(config.ble, interpreter, self._events, self._radio("ble"))
             radio_tasks.append(asyncio.create_task(self.ble.run(), name="ble"))
+        zigbee_devices = [d for d in household.devices if d.transport is Transport.ZIGBEE]
+        if zigbee_devices:
+            self.zigbee = ZigbeeRadio(
+                config.zigbee,
+                origin,
+                zigbee_devices,
+                data_dir,
+                self._events,
+                self._radio("zigbee"),
+                on_heard=lambda device, ns: self._events(self.supervisor.heard(device.id, ns)),
+            )
+            radio_tasks.append(asyncio.create_task(self.zigbee.run(), name="zigbee"))
         missing = await asyncio.to_thread(self.voice.prepare)
         if missing:
             log.error("voice prompts missing: %s (alarms still sound the siren)", ", ".join(missing))
