@@ -110,6 +110,14 @@ def _parser() -> argparse.ArgumentParser:
     znp.add_argument("hex", help="the frame in hex (spaces and colons allowed)")
     znp.add_argument("--json", action="store_true", help="print one JSON object")
 
+    pair = sub.add_parser("pair", help="open pairing on the running hub (Zigbee permit-join)")
+    pair.add_argument("transport", choices=["zigbee"], help="what to pair")
+    pair.add_argument("--config", type=Path, required=True, help="the running hub's configuration (TOML)")
+    pair.add_argument("--seconds", type=int, default=120, help="how long joining stays open (default: %(default)s)")
+
+    status = sub.add_parser("status", help="ask the running hub what it is doing (radios, pending events)")
+    status.add_argument("--config", type=Path, required=True, help="the running hub's configuration (TOML)")
+
     config = sub.add_parser("config", help="check a configuration file without starting anything")
     config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     check = config_sub.add_parser("check", help="validate a hub configuration; exit 2 with file:line: field: fix")
@@ -134,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(config.devices)} device(s)"
             )
             return 0
+        if args.command in ("pair", "status"):
+            return _control(args)
         if args.command == "decode":
             return _decode(args)
         if args.command == "centre":
@@ -147,6 +157,31 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 2
+
+
+def _control(args: argparse.Namespace) -> int:
+    from hub.control import request, socket_path
+
+    config = load_config(args.config)
+    message = {"cmd": "permit", "seconds": args.seconds} if args.command == "pair" else {"cmd": "status"}
+    try:
+        answer = request(socket_path(config.data_dir), message)
+    except OSError as exc:
+        print(
+            f"anju {args.command}: no hub is running with data directory {config.data_dir} ({exc}); "
+            "start it with `anju run --config FILE`",
+            file=sys.stderr,
+        )
+        return 1
+    if not answer.get("ok"):
+        print(f"anju {args.command}: {answer.get('error')}", file=sys.stderr)
+        return 1
+    answer.pop("ok")
+    if args.command == "pair":
+        print(f"Zigbee joining is open for {answer['permit_s']} s: put the device in pairing mode now.")
+    else:
+        print(json.dumps(answer, indent=2))
+    return 0
 
 
 def _decode(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from edge.bthome import BthomeInterpreter
 from edge.gpio import PinInputs, Siren, StatusLed, load_pin_factory
 from edge.zigbee import ZigbeeRadio
 from hub.config import AudioConfig, HubConfig
+from hub.control import ControlServer, socket_path
 from hub.journal import AsyncJournal, JournalError
 from hub.model import Device, Event, EventType, Transport
 from hub.notify import sd_notify
@@ -111,6 +112,8 @@ class HubService:
         if missing:
             log.error("voice prompts missing: %s (alarms still sound the siren)", ", ".join(missing))
 
+        self.control = ControlServer(socket_path(data_dir), {"permit": self._permit, "status": self._status})
+        await self.control.start()
         self.uplink = MqttUplink(
             config.mqtt, config.hub_id, config.county, self.outbox, self._on_ack, self._on_command, VERSION
         )
@@ -127,11 +130,34 @@ class HubService:
             await asyncio.gather(uplink_task, *radio_tasks, return_exceptions=True)
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.control.close()
             self.inputs.close()
             self.siren.close()
             self.led.close()
             self.voice.close()
             self.journal.close()
+
+    async def _permit(self, request: dict[str, Any]) -> dict[str, Any]:
+        seconds = int(request.get("seconds", 120))
+        if not 1 <= seconds <= 254:
+            raise ValueError("seconds must be 1 to 254 (Zigbee's limit for one permit-join)")
+        zigbee = getattr(self, "zigbee", None)
+        if zigbee is None:
+            raise RuntimeError("no Zigbee devices are configured, so the hub runs no coordinator")
+        await zigbee.permit(seconds)
+        log.info("Zigbee joining open for %d s (local request)", seconds)
+        return {"permit_s": seconds}
+
+    async def _status(self, request: dict[str, Any]) -> dict[str, Any]:
+        ble, zigbee = getattr(self, "ble", None), getattr(self, "zigbee", None)
+        return {
+            "hub_id": self.config.hub_id,
+            "uplink_connected": self.uplink.connected.is_set(),
+            "pending": self.outbox.pending_counts(),
+            "ble": None if ble is None else {"radio_ok": ble.radio_ok, "mode": ble.mode, "adverts": ble.adverts},
+            "zigbee": None if zigbee is None else {"radio_ok": zigbee.radio_ok, "connected": zigbee.app is not None},
+            "offline_devices": sorted(self.supervisor.offline()),
+        }
 
     def _events(self, events: list[Event]) -> None:
         for event in events:

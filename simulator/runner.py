@@ -33,6 +33,7 @@ from simulator.broker import PrivateBroker
 from simulator.gpio import ENV_SOCKET, PinBench
 from simulator.scenario import ALARM_STIMULI, Scenario, Step
 from simulator.tap import ContractTap
+from simulator.zigbee_rig import ZigbeeRig
 
 SIREN_PIN = 27
 QUIET_S = 0.5
@@ -168,6 +169,7 @@ class ScenarioRunner:
         self.hub_peak_rss_mb: float | None = None
         self.tap = ContractTap("127.0.0.1", 0)
         self.ble: BleRig | None = None
+        self.zigbee: ZigbeeRig | None = None
 
     def _hub_config(self, broker: PrivateBroker) -> Path:
         scenario = self.scenario
@@ -189,6 +191,7 @@ class ScenarioRunner:
             "outbox": {"resend_first_s": 2.0, "resend_cap_s": 10.0},
             "devices": [device.model_dump(mode="json", exclude_none=True) for device in scenario.devices],
             "ble": self.ble.hub_config() if self.ble is not None else {},
+            "zigbee": self.zigbee.hub_config() if self.zigbee is not None else {},
         }
         path = self.workdir / "hub.toml"
         path.write_bytes(tomli_w.dumps(config).encode())
@@ -205,10 +208,15 @@ class ScenarioRunner:
         releases: set[asyncio.Task[None]] = set()
         tap_task: asyncio.Task[None] | None = None
         self.ble = BleRig(self.scenario, self.workdir / "bluez", self.timeline.add) if self.scenario.has_ble() else None
+        self.zigbee = (
+            ZigbeeRig(self.scenario, self.workdir / "znp", self.timeline.add) if self.scenario.has_zigbee() else None
+        )
         try:
             if self.ble is not None:
                 await self.ble.start()
                 hub.env.update(self.ble.env())
+            if self.zigbee is not None:
+                await self.zigbee.start()
             broker.start()
             self.tap = ContractTap(broker.host, broker.port)
             tap_task = asyncio.create_task(self.tap.run())
@@ -219,6 +227,8 @@ class ScenarioRunner:
             await centre.start()
             await hub.start()
             await asyncio.wait_for(bench.connected.wait(), 10)
+            if self.zigbee is not None:
+                await self.zigbee.ready()
             self.timeline.t0_ns = time.monotonic_ns()
             self.timeline.add(
                 self.timeline.t0_ns,
@@ -246,6 +256,8 @@ class ScenarioRunner:
             await bench.close()
             if self.ble is not None:
                 await self.ble.stop()
+            if self.zigbee is not None:
+                await self.zigbee.stop()
         self.timeline.echo = None  # what follows is reconstructed from the records, not live
         result = self._result(bench)
         result["duration_s"] = round(time.monotonic() - started, 3)
@@ -262,6 +274,12 @@ class ScenarioRunner:
     ) -> None:
         add = self.timeline.add
         device_config = next((d for d in self.scenario.devices if d.id == step.device), None)
+        if step.radio is not None or (device_config is not None and device_config.transport is Transport.ZIGBEE):
+            assert self.zigbee is not None
+            stimulus = await self.zigbee.play(step)
+            if stimulus is not None and step.device is not None and step.do is not None:
+                self.stimuli.append(Stimulus(step.device, step.do, stimulus))
+            return
         if step.ble is not None or (device_config is not None and device_config.transport is Transport.BLE):
             assert self.ble is not None
             stimulus = await self.ble.play(step)

@@ -49,6 +49,14 @@ BLE_ACTIONS: dict[DeviceKind, frozenset[str]] = {
     DeviceKind.MOTION: _BLE_COMMON | {"motion"},
     DeviceKind.CONTACT: _BLE_COMMON | {"open", "close"},
 }
+_ZIGBEE_COMMON = frozenset({"join", "tamper", "battery_low", "silence", "resume"})
+ZIGBEE_ACTIONS: dict[DeviceKind, frozenset[str]] = {
+    DeviceKind.SMOKE: _ZIGBEE_COMMON | {"smoke", "clear"},
+    DeviceKind.SOS: _ZIGBEE_COMMON | {"press", "fall"},
+    DeviceKind.RADAR: _ZIGBEE_COMMON | {"fall"},
+    DeviceKind.CONTACT: _ZIGBEE_COMMON | {"open", "close"},
+    DeviceKind.MOTION: _ZIGBEE_COMMON | {"motion"},
+}
 # Steps that are a person or a fire asking for help: the runner expects an alarm from each.
 ALARM_STIMULI = frozenset({"pull", "press", "double_press", "long_press", "fall", "smoke"})
 
@@ -72,13 +80,16 @@ class Step(_Strict):
     hub: Literal["kill", "restart"] | None = None
     centre: Literal["down", "up", "no_ack"] | None = None
     ble: Literal["adapter_gone", "adapter_back", "in_progress", "garbage"] | None = None
+    radio: Literal["unplug", "replug", "reset", "hang"] | None = None
 
     @model_validator(mode="after")
     def _one_action(self) -> Self:
-        actions = [name for name in ("device", "uplink", "hub", "centre", "ble") if getattr(self, name) is not None]
+        actions = [
+            name for name in ("device", "uplink", "hub", "centre", "ble", "radio") if getattr(self, name) is not None
+        ]
         if len(actions) != 1:
             raise ValueError(
-                "a step needs exactly one of `device` (with `do`), `uplink`, `hub`, `centre` or `ble`;"
+                "a step needs exactly one of `device` (with `do`), `uplink`, `hub`, `centre`, `ble` or `radio`;"
                 f" this one has {actions or 'none'}"
             )
         if self.device is not None and self.do is None:
@@ -102,6 +113,13 @@ class BleOptions(_Strict):
     strangers: int = Field(0, ge=0, le=5000, description="unknown devices advertising all the time")
 
 
+class ZigbeeOptions(_Strict):
+    heartbeat_s: float = Field(1.0, gt=0, le=3600, description="each Zigbee device's check-in report")
+    ping_s: float = Field(2.0, ge=1, le=600, description="the hub's coordinator watchdog, for the scenario")
+    fault_after_s: float = Field(3.0, ge=0, le=3600, description="the hub's fault.radio delay, for the scenario")
+    hang_s: float = Field(10.0, gt=0, le=600, description="how long `radio: hang` stops the dongle answering")
+
+
 class Scenario(_Strict):
     name: str
     description: str | None = None
@@ -111,6 +129,7 @@ class Scenario(_Strict):
     steps: list[Step] = []
     expect: list[Expectation] = []
     ble: BleOptions = BleOptions()
+    zigbee: ZigbeeOptions = ZigbeeOptions()
     settle: Annotated[float, Field(gt=0, le=600, description="seconds to wait after the last step")] = 20.0
 
     @model_validator(mode="after")
@@ -126,7 +145,9 @@ class Scenario(_Strict):
                     f"step at {step.at} names device {step.device!r}, which is not in `devices`"
                     f" (known: {', '.join(devices) or 'none'})",
                 )
-            table = {Transport.GPIO: GPIO_ACTIONS, Transport.BLE: BLE_ACTIONS}.get(device.transport, {})
+            table = {Transport.GPIO: GPIO_ACTIONS, Transport.BLE: BLE_ACTIONS, Transport.ZIGBEE: ZIGBEE_ACTIONS}.get(
+                device.transport, {}
+            )
             allowed = table.get(device.kind, frozenset())
             if step.do not in allowed:
                 raise FieldProblem(
@@ -144,6 +165,9 @@ class Scenario(_Strict):
 
     def has_ble(self) -> bool:
         return any(d.transport is Transport.BLE for d in self.devices)
+
+    def has_zigbee(self) -> bool:
+        return any(d.transport is Transport.ZIGBEE for d in self.devices)
 
     @property
     def effective_hub_id(self) -> str:
