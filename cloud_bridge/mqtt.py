@@ -19,6 +19,7 @@ import random
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import aiomqtt
@@ -48,6 +49,8 @@ def mqtt_client(host: str, port: int, identifier: str, **options: Any) -> aiomqt
         **{"timeout": 10, **options},
     )
 
+
+MAX_IN_FLIGHT = 64  # events published and awaiting their PUBACK at once
 
 # A persistent session: acks and commands published while the hub is away wait for it at the broker.
 SESSION_EXPIRY_S = 86_400
@@ -115,6 +118,8 @@ class MqttUplink:
                 await self._session()
             except aiomqtt.MqttError as exc:
                 log.warning("broker %s:%d unreachable or lost: %s", self.config.host, self.config.port, exc)
+            except Exception:  # never let the uplink end: log it for a person, reconnect
+                log.exception("the MQTT uplink failed; reconnecting")
             if self.connected.is_set():
                 delay = self.config.reconnect_min_s  # it was up: start the backoff afresh
                 self.connected.clear()
@@ -157,31 +162,62 @@ class MqttUplink:
                         offline = self._status("offline", at=iso_now(), reason="hub stopped")
                         await client.publish(self._topic("status"), offline, qos=1, retain=True, timeout=2)
                     raise
-        except* aiomqtt.MqttError as group:
+        except* Exception as group:
             raise group.exceptions[0] from None
 
     async def _send_loop(self, client: aiomqtt.Client) -> None:
+        """Publish due events, most urgent first, with up to MAX_IN_FLIGHT awaiting their PUBACK.
+
+        One event is taken from the outbox per free slot, so a new alarm is next as soon as a slot
+        frees, however long the backlog behind it (a batch taken ahead would make it wait)."""
         event_topic = self._topic("event")
-        while True:
-            batch = self.outbox.take_due(limit=200)
-            for event, attempt in batch:
-                payload = json.dumps(event.to_message(attempt), ensure_ascii=False).encode()
+        slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        in_flight: set[asyncio.Task[None]] = set()
+        failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        async def publish(payload: bytes) -> None:
+            try:
                 await client.publish(event_topic, payload, qos=1)
-                raise_if_cancelled()
+            except aiomqtt.MqttError as exc:
+                if not failed.done():
+                    failed.set_result(exc)
+            finally:
+                slots.release()
+
+        try:
+            while True:
+                await slots.acquire()
+                due = self.outbox.take_due(limit=1)
+                if not due:
+                    slots.release()
+                    self._wake.clear()
+                    waiter: asyncio.Future[Any] = asyncio.ensure_future(self._wake.wait())
+                    done, _ = await asyncio.wait(
+                        [waiter, failed], timeout=self.outbox.seconds_until_due(), return_when=asyncio.FIRST_COMPLETED
+                    )
+                    waiter.cancel()
+                    raise_if_cancelled()
+                    if failed in done:
+                        raise failed.result()
+                    continue
+                event, attempt = due[0]
+                payload = json.dumps(event.to_message(attempt), ensure_ascii=False).encode()
+                task = asyncio.create_task(publish(payload))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
                 if attempt > 1:
-                    log.info("resent %s #%s (attempt %d)", event.type.value, event.seq, attempt)
-            if batch:
-                continue
-            self._wake.clear()
-            wait = self.outbox.seconds_until_due()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
-            raise_if_cancelled()
+                    log.info("resending %s #%s (attempt %d)", event.type.value, event.seq, attempt)
+                if failed.done():
+                    raise failed.result()
+        finally:
+            for task in in_flight:
+                task.cancel()
 
     async def _heartbeat_loop(self, client: aiomqtt.Client) -> None:
         while True:
             self._heartbeats += 1
-            oldest = self.outbox.oldest_pending_mono_ns()
+            oldest = self.outbox.oldest_pending_at()
+            now = datetime.now(UTC)
             message = {
                 "schema": "anju.heartbeat/1",
                 "hub_id": self.hub_id,
@@ -189,7 +225,7 @@ class MqttUplink:
                 "at": iso_now(),
                 "uptime_s": round(time.monotonic() - self._started, 3),
                 "pending": self.outbox.pending_counts(),
-                "oldest_pending_s": None if oldest is None else round((time.monotonic_ns() - oldest) / 1e9, 3),
+                "oldest_pending_s": None if oldest is None else round(max(0.0, (now - oldest).total_seconds()), 3),
             }
             await client.publish(self._topic("heartbeat"), json.dumps(message).encode(), qos=0)
             raise_if_cancelled()
@@ -203,13 +239,16 @@ class MqttUplink:
             except ContractError as exc:
                 self._log_dropped(kind, f"malformed {kind} dropped: {exc}")
                 continue
-            if kind == "ack":
-                if body["hub_id"] != self.hub_id:
-                    self._log_dropped(kind, f"ack for another hub ({body['hub_id']}) dropped")
-                    continue
-                await self._on_ack(body["event_id"], body)
-            elif kind == "cmd":
-                await self._on_command(body)
+            try:
+                if kind == "ack":
+                    if body["hub_id"] != self.hub_id:
+                        self._log_dropped(kind, f"ack for another hub ({body['hub_id']}) dropped")
+                        continue
+                    await self._on_ack(body["event_id"], body)
+                elif kind == "cmd":
+                    await self._on_command(body)
+            except Exception:  # a handler's failure (a journal error, say) must not end the uplink
+                log.exception("handling %s %s failed; the uplink carries on", kind, body.get("event_id") or body)
 
     def _log_dropped(self, kind: str, text: str) -> None:
         """Log a dropped message, at most once a minute per kind at warning level."""

@@ -19,6 +19,7 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 from hub.model import Event
 
@@ -148,8 +149,10 @@ class Outbox:
             counts[entry.event.priority.label] += 1
         return counts
 
-    def oldest_pending_mono_ns(self) -> int | None:
-        return min((e.event.observed_mono_ns for e in self._entries.values()), default=None)
+    def oldest_pending_at(self) -> datetime | None:
+        """When the oldest unacknowledged event happened (wall clock: monotonic times from before a
+        reboot mean nothing now)."""
+        return min((e.event.occurred_at for e in self._entries.values()), default=None)
 
     def _push_ready(self, entry: _Entry) -> None:
         heapq.heappush(

@@ -39,6 +39,10 @@ CALL_FOR_HELP = frozenset({DeviceKind.PENDANT, DeviceKind.BUTTON, DeviceKind.PUL
 HELP_BUTTON_EVENTS = frozenset({"press", "double_press", "triple_press", "long_press", "hold_press"})
 ACTIVITY_SENSORS = frozenset({"motion", "occupancy", "opening", "door", "window", "presence", "moving"})
 BATTERY_HYSTERESIS = 5
+# A device whose counter restarts (a battery change on a device that keeps it in RAM) is believed
+# after this many authentic adverts (MIC verified) with increasing counters below the old one; a
+# replayed advert alone never is.
+RESTART_CONFIRMATIONS = 3
 
 DeviceHandler = Callable[[Device, int], None]
 """Called with a device and the monotonic ns of an advert (heard, or activity seen)."""
@@ -56,6 +60,7 @@ class _Tracked:
     last_security_report_ns: int | None = None
     security_suppressed: int = 0
     last_problem_log_ns: int | None = None
+    restart_candidates: list[int] = field(default_factory=list)
 
 
 class BthomeInterpreter:
@@ -128,12 +133,35 @@ class BthomeInterpreter:
                     self.counts["repeat"] += 1  # the same advert again (a burst): nothing new
                     return []
                 if counter < tracked.last_counter:
-                    return self._security(
-                        tracked,
-                        now_ns,
-                        "replay",
-                        f"encryption counter went back from {tracked.last_counter} to {counter}",
+                    restarted = self._counter_restarted(tracked, data, counter, rssi)
+                    if not restarted:
+                        return self._security(
+                            tracked,
+                            now_ns,
+                            "replay",
+                            f"encryption counter went back from {tracked.last_counter} to {counter}",
+                        )
+                    log.warning(
+                        "%s restarted its encryption counter (%d -> %d), confirmed by %d authentic adverts",
+                        tracked.device.id,
+                        tracked.last_counter,
+                        counter,
+                        RESTART_CONFIRMATIONS,
                     )
+                    restart_report = self.origin.event(
+                        EventType.FAULT_TAMPER,
+                        tracked.device,
+                        now_ns,
+                        counter,
+                        reason="counter_reset",
+                        text=f"encryption counter restarted from {tracked.last_counter} at {counter}",
+                    )
+                    tracked.last_counter = None
+                    tracked.parser.reset_encryption_counter()
+                    events = self._feed(tracked, service_data, rssi, now_ns)
+                    return [restart_report, *events]
+            tracked.restart_candidates.clear()
+
         update = tracked.parser.update(self._service_info(tracked, data, rssi))
         if tracked.key is not None:
             if tracked.parser.decryption_failed:
@@ -144,6 +172,21 @@ class BthomeInterpreter:
         if self._on_heard is not None:
             self._on_heard(tracked.device, now_ns)
         return self._events(tracked, update, counter, now_ns)
+
+    def _counter_restarted(self, tracked: _Tracked, data: bytes, counter: int, rssi: int | None) -> bool:
+        """A lower counter: True once RESTART_CONFIRMATIONS authentic adverts count up from a new start."""
+        probe = BTHomeBluetoothDeviceData(tracked.key)  # no counter history: it checks the MIC only
+        probe.update(self._service_info(tracked, data, rssi))
+        if probe.decryption_failed:
+            return False
+        candidates = tracked.restart_candidates
+        if candidates and counter <= candidates[-1]:
+            candidates.clear()
+        candidates.append(counter)
+        if len(candidates) >= RESTART_CONFIRMATIONS:
+            candidates.clear()
+            return True
+        return False
 
     def _service_info(self, tracked: _Tracked, data: bytes, rssi: int | None) -> BluetoothServiceInfoBleak:
         address = tracked.device.mac or ""

@@ -140,6 +140,7 @@ class MqttConfig(_Strict):
     heartbeat_s: float = Field(60.0, gt=0, le=3600)
     reconnect_min_s: float = Field(0.5, gt=0, le=60)
     reconnect_max_s: float = Field(30.0, gt=0, le=600)
+    command_max_age_s: float = Field(300.0, gt=0, le=86400, description="older commands from the centre are refused")
 
 
 class OutboxConfig(_Strict):

@@ -98,10 +98,10 @@ class Journal:
 
         Appending an event id that is already journaled returns the stored event unchanged.
         """
-        existing = self.get(event.event_id)
-        if existing is not None:
-            return existing.event
         try:
+            existing = self.get(event.event_id)
+            if existing is not None:
+                return existing.event
             cursor = self._db.execute(
                 "INSERT INTO events (event_id, type, priority, hub_id, household_id, county, device_id,"
                 " device_counter, occurred_at, observed_mono_ns, alerted_mono_ns, journaled_mono_ns, details)"

@@ -47,6 +47,15 @@ LOCAL_ALERTS: dict[EventType, tuple[str, str]] = {
 }
 
 
+def _safely(output: str, action: Callable[..., Any], *args: Any) -> None:
+    """Drive one local output; a failing output (a GPIO write error) is logged, never raised, so
+    the other outputs and the report to the centre still happen."""
+    try:
+        action(*args)
+    except Exception:
+        log.exception("the %s failed", output)
+
+
 class Rules:
     def __init__(self, origin: Origin, siren: SirenOutput, led: LedOutput, voice: Voice, emit: Emit) -> None:
         self.origin = origin
@@ -74,12 +83,15 @@ class Rules:
             self._emit(event, None)
             return
         pattern, prompt = alert
-        self.siren.sound(pattern)
-        alerted = time.monotonic_ns()
-        self.voice.say(prompt, urgent=True)
-        self.led.waiting()
-        log.warning("%s from %s: siren %s, prompt %s", event.type.value, event.device_id, pattern, prompt)
-        self._emit(event, alerted)
+        alerted: int | None = None
+        try:
+            _safely("siren", self.siren.sound, pattern)
+            alerted = time.monotonic_ns()
+            _safely("voice", self.voice.say, prompt, True)
+            _safely("LED", self.led.waiting)
+            log.warning("%s from %s: siren %s, prompt %s", event.type.value, event.device_id, pattern, prompt)
+        finally:
+            self._emit(event, alerted)  # whatever the outputs did, the centre hears of it
 
     def on_acknowledged(self, event: Event) -> None:
         """The centre has the event (first ack only)."""

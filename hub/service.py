@@ -12,9 +12,14 @@ the uplink. It tells systemd (or the scenario runner) READY=1 once inputs and pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
-from collections.abc import Callable
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from cloud_bridge.mqtt import MqttUplink
@@ -35,6 +40,8 @@ from hub.supervision import Supervisor
 log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
+PROVISIONAL_AFTER_S = 1.0
+PROVISIONAL_SEQ_BASE = 1 << 50
 
 
 def _player(config: AudioConfig, data_dir: Any) -> Player:
@@ -49,22 +56,20 @@ class HubService:
     def __init__(self, config: HubConfig) -> None:
         self.config = config
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._commands_done: deque[str] = deque(maxlen=256)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         config = self.config
         loop = asyncio.get_running_loop()
         stop = stop or asyncio.Event()
         data_dir = config.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # a read-only data partition must not keep the siren off
+            data_dir.mkdir(parents=True, exist_ok=True)
+        origin = config.origin()
+        household = config.household()
+        self._journal_ready = asyncio.Event()
 
-        self.journal = AsyncJournal(data_dir / "journal.sqlite3")
-        retry = RetryPolicy(config.outbox.resend_first_s, config.outbox.resend_cap_s, config.outbox.jitter)
-        self.outbox = Outbox(retry)
-        backlog = await self.journal.unacknowledged()
-        self.outbox.extend(backlog)
-        if backlog:
-            log.warning("%d event(s) from before the restart still await the centre; resending", len(backlog))
-
+        # 1. Local first: outputs, rules, prompts, inputs. Nothing here needs the disk or the network.
         factory = load_pin_factory(config.gpio.pin_factory)
         self.siren = Siren(config.gpio.siren_pin, factory)
         self.led = StatusLed(config.gpio.led_pin, factory)
@@ -74,50 +79,52 @@ class HubService:
             config.audio.voice,
             config.audio.prompts_dir,
         )
-        self.rules = Rules(config.origin(), self.siren, self.led, self.voice, self._emit)
-
-        def from_pin_thread(device: Device, active: bool, mono_ns: int) -> None:
-            loop.call_soon_threadsafe(self.rules.on_input, device, active, mono_ns)
-
-        household = config.household()
-        self.inputs = PinInputs(household.devices, from_pin_thread, config.gpio.bounce_ms, factory)
-        self.inputs.report_active_at_start()
-        origin = config.origin()
-        self.supervisor = Supervisor(origin, household.devices)
-        radio_tasks = [asyncio.create_task(self._supervise(), name="supervision")]
-        ble_devices = [d for d in household.devices if d.transport is Transport.BLE]
-        if ble_devices:
-            interpreter = BthomeInterpreter(
-                origin,
-                ble_devices,
-                config.ble.battery_low_percent,
-                config.ble.security_interval_s,
-                on_heard=lambda device, ns: self._events(self.supervisor.heard(device.id, ns)),
-            )
-            self.ble = BleRadio(config.ble, interpreter, self._events, self._radio("ble"))
-            radio_tasks.append(asyncio.create_task(self.ble.run(), name="ble"))
-        zigbee_devices = [d for d in household.devices if d.transport is Transport.ZIGBEE]
-        if zigbee_devices:
-            self.zigbee = ZigbeeRadio(
-                config.zigbee,
-                origin,
-                zigbee_devices,
-                data_dir,
-                self._events,
-                self._radio("zigbee"),
-                on_heard=lambda device, ns: self._events(self.supervisor.heard(device.id, ns)),
-            )
-            radio_tasks.append(asyncio.create_task(self.zigbee.run(), name="zigbee"))
+        self.rules = Rules(origin, self.siren, self.led, self.voice, self._emit)
         missing = await asyncio.to_thread(self.voice.prepare)
         if missing:
             log.error("voice prompts missing: %s (alarms still sound the siren)", ", ".join(missing))
 
+        def from_pin_thread(device: Device, active: bool, mono_ns: int) -> None:
+            loop.call_soon_threadsafe(self.rules.on_input, device, active, mono_ns)
+
+        self.inputs = PinInputs(household.devices, from_pin_thread, config.gpio.bounce_ms, factory)
+        self.inputs.report_active_at_start()
+
+        # 2. The journal (events raised meanwhile wait for it in _record), then the outbox.
+        self.journal = await self._open_journal(data_dir / "journal.sqlite3")
+        retry = RetryPolicy(config.outbox.resend_first_s, config.outbox.resend_cap_s, config.outbox.jitter)
+        self.outbox = Outbox(retry)
+        backlog = await self.journal.unacknowledged()
+        self.outbox.extend(backlog)
+        if backlog:
+            log.warning("%d event(s) from before the restart still await the centre; resending", len(backlog))
+        self._journal_ready.set()
+
+        # 3. Radios, supervision, the local control socket and the uplink: each restarted if it dies.
+        self.supervisor = Supervisor(origin, household.devices)
+        forever = [self._forever("supervision", self._supervise)]
+        heard = lambda device, ns: self._events(self.supervisor.heard(device.id, ns))  # noqa: E731
+        ble_devices = [d for d in household.devices if d.transport is Transport.BLE]
+        if ble_devices:
+            ble_config = config.ble
+            interpreter = BthomeInterpreter(
+                origin, ble_devices, ble_config.battery_low_percent, ble_config.security_interval_s, on_heard=heard
+            )
+            self.ble = BleRadio(ble_config, interpreter, self._events, self._radio("ble"))
+            forever.append(self._forever("ble", self.ble.run))
+        zigbee_devices = [d for d in household.devices if d.transport is Transport.ZIGBEE]
+        if zigbee_devices:
+            self.zigbee = ZigbeeRadio(
+                config.zigbee, origin, zigbee_devices, data_dir, self._events, self._radio("zigbee"), on_heard=heard
+            )
+            forever.append(self._forever("zigbee", self.zigbee.run))
         self.control = ControlServer(socket_path(data_dir), {"permit": self._permit, "status": self._status})
-        await self.control.start()
+        with contextlib.suppress(OSError):
+            await self.control.start()
         self.uplink = MqttUplink(
             config.mqtt, config.hub_id, config.county, self.outbox, self._on_ack, self._on_command, VERSION
         )
-        uplink_task = asyncio.create_task(self.uplink.run(), name="mqtt-uplink")
+        forever.append(self._forever("mqtt-uplink", self.uplink.run))
         sd_notify("READY=1")
         log.info(
             "hub %s ready: %d device(s), %d event(s) pending", config.hub_id, len(config.devices), len(self.outbox)
@@ -125,17 +132,66 @@ class HubService:
         try:
             await stop.wait()
         finally:
-            for task in (uplink_task, *radio_tasks):
+            for task in forever:
                 task.cancel()
-            await asyncio.gather(uplink_task, *radio_tasks, return_exceptions=True)
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(*forever, return_exceptions=True)
+            if self._tasks:  # events still being journaled get a moment, not for ever (a full disk)
+                await asyncio.wait(self._tasks, timeout=5)
+                for task in self._tasks:
+                    task.cancel()
             await self.control.close()
             self.inputs.close()
             self.siren.close()
             self.led.close()
             self.voice.close()
             self.journal.close()
+
+    def _forever(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """Run a long-lived part of the hub; if it ever ends or fails, log it for a person and restart it."""
+
+        async def keep_running() -> None:
+            while True:
+                try:
+                    await run()
+                    log.critical("%s stopped by itself; restarting it", name)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.critical("%s failed; restarting it in 1 s", name, exc_info=True)
+                await asyncio.sleep(1.0)
+
+        return asyncio.create_task(keep_running(), name=name)
+
+    async def _open_journal(self, path: Path) -> AsyncJournal:
+        """The journal; a damaged file is moved aside and a new one started; with no writable disk at
+        all, a journal in memory (alarms still flow; a restart would lose what is pending)."""
+        try:
+            return await asyncio.to_thread(AsyncJournal, path)
+        except JournalError as exc:
+            log.critical("%s", exc)
+            problem = str(exc)
+        aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+        try:
+            for suffix in ("", "-wal", "-shm"):
+                damaged = path.with_name(path.name + suffix)
+                if damaged.exists():
+                    damaged.replace(aside.with_name(aside.name + suffix))
+            journal = await asyncio.to_thread(AsyncJournal, path)
+            log.critical("the damaged journal was moved to %s; a new one was started", aside)
+            where = f"moved aside to {aside.name}"
+        except (OSError, JournalError) as exc:
+            log.critical("no journal can be written in %s (%s): keeping events in memory only", path.parent, exc)
+            journal = await asyncio.to_thread(AsyncJournal, Path(":memory:"))
+            where = "kept in memory only"
+        fault = self.config.origin().event(
+            EventType.FAULT_DEVICE, None, component="journal", problem=problem, action=where
+        )
+        self._tasks.add(asyncio.create_task(self._report_after_open(fault)))
+        return journal
+
+    async def _report_after_open(self, fault: Event) -> None:
+        await self._journal_ready.wait()
+        self.rules.on_event(fault)
 
     async def _permit(self, request: dict[str, Any]) -> dict[str, Any]:
         seconds = int(request.get("seconds", 120))
@@ -181,17 +237,37 @@ class HubService:
         task.add_done_callback(self._tasks.discard)
 
     async def _record(self, event: Event, alerted_mono_ns: int | None) -> None:
-        """Durable before reported: journal (fsync), then queue for the uplink. Never gives up."""
+        """Durable before reported: journal (fsync), then queue for the uplink. Never gives up.
+
+        If the journal cannot take an alarm for PROVISIONAL_AFTER_S (a full or failing disk), the
+        alarm leaves anyway with a provisional sequence number from a range of its own
+        (PROVISIONAL_SEQ_BASE + milliseconds since the epoch) and the same event id; it is still
+        journaled as soon as the disk allows. Being heard beats being on disk.
+        """
+        await self._journal_ready.wait()
+        started = time.monotonic()
         delay = 0.1
+        sent_provisionally = False
         while True:
             try:
                 journaled = await self.journal.append(event, alerted_mono_ns)
                 break
             except JournalError as exc:
                 log.critical("%s; the event is held in memory and retried in %.1f s", exc, delay)
+                if event.type.is_alarm and not sent_provisionally and time.monotonic() - started >= PROVISIONAL_AFTER_S:
+                    provisional = event.with_seq(PROVISIONAL_SEQ_BASE + int(time.time() * 1000))
+                    log.critical(
+                        "sending %s %s before it is on disk (provisional seq %d)",
+                        event.type.value,
+                        event.event_id,
+                        provisional.seq,
+                    )
+                    self.outbox.add(provisional)
+                    sent_provisionally = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        self.outbox.add(journaled)
+        if not sent_provisionally:
+            self.outbox.add(journaled)
 
     async def _on_ack(self, event_id: str, ack: dict[str, Any]) -> None:
         event = self.outbox.ack(event_id)
@@ -203,8 +279,24 @@ class HubService:
         self.rules.on_acknowledged(event)
 
     async def _on_command(self, cmd: dict[str, Any]) -> None:
+        cmd_id = cmd["cmd_id"]
+        if cmd_id in self._commands_done:
+            log.info("command %s (%s) already carried out; ignored", cmd["command"], cmd_id)
+            return
+        issued = datetime.fromisoformat(cmd["issued_at"].replace("Z", "+00:00"))
+        age = (datetime.now(UTC) - issued).total_seconds()
+        if age > self.config.mqtt.command_max_age_s:
+            log.warning(
+                "command %s (%s) issued %.0f s ago is stale (limit %g s); ignored",
+                cmd["command"],
+                cmd_id,
+                age,
+                self.config.mqtt.command_max_age_s,
+            )
+            return
+        self._commands_done.append(cmd_id)
         result = self.rules.on_command(cmd["command"], cmd.get("args", {}))
-        log.info("command %s (%s) from the centre: %s", cmd["command"], cmd["cmd_id"], result)
+        log.info("command %s (%s) from the centre: %s", cmd["command"], cmd_id, result)
 
 
 def run_forever(config: HubConfig) -> None:

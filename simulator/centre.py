@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS hubs (
 @dataclass(frozen=True)
 class Received:
     copies: int
+    first_received_at: str
 
     @property
     def duplicate(self) -> bool:
@@ -85,7 +86,7 @@ class CentreStore:
             "INSERT INTO events (event_id, hub_id, county, seq, type, priority, device_id, occurred_at,"
             " first_received_at, first_received_mono_ns, received_by, message)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-            " ON CONFLICT (event_id) DO UPDATE SET copies = copies + 1 RETURNING copies",
+            " ON CONFLICT (event_id) DO UPDATE SET copies = copies + 1 RETURNING copies, first_received_at",
             (
                 message["event_id"],
                 message["hub_id"],
@@ -101,7 +102,7 @@ class CentreStore:
                 json.dumps(message, ensure_ascii=False),
             ),
         ).fetchone()
-        return Received(int(row[0]))
+        return Received(int(row[0]), str(row[1]))
 
     def record_status(self, hub_id: str, county: str, state: str) -> None:
         self._db.execute(
@@ -182,7 +183,11 @@ class Centre:
             log.warning("dropped a %s on %s's topic claiming to be from %s", kind, hub_id, body["hub_id"])
             return
         if kind == "event":
-            received = self.store.record_event(body, self.centre_id)
+            try:
+                received = self.store.record_event(body, self.centre_id)
+            except sqlite3.Error as exc:  # not stored, so not acknowledged: the hub will send it again
+                log.error("could not store event %s from %s (%s); not acknowledged", body["event_id"], hub_id, exc)
+                return
             log.info(
                 "%s %s #%d from %s%s",
                 body["type"],
@@ -198,13 +203,17 @@ class Centre:
                     "seq": body["seq"],
                     "hub_id": hub_id,
                     "centre_id": self.centre_id,
-                    "received_at": iso_now(),
+                    "received_at": received.first_received_at,
                     "duplicate": received.duplicate,
                 }
                 await client.publish(topic(county, hub_id, "ack"), json.dumps(ack).encode(), qos=1)
                 raise_if_cancelled()
-        elif kind == "status":
-            self.store.record_status(hub_id, county, body["state"])
-            log.info("hub %s is %s", hub_id, body["state"])
-        elif kind == "heartbeat":
-            self.store.record_heartbeat(hub_id, county, body)
+        elif kind in ("status", "heartbeat"):
+            try:
+                if kind == "status":
+                    self.store.record_status(hub_id, county, body["state"])
+                    log.info("hub %s is %s", hub_id, body["state"])
+                else:
+                    self.store.record_heartbeat(hub_id, county, body)
+            except sqlite3.Error as exc:
+                log.error("could not store the %s of %s: %s", kind, hub_id, exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -290,13 +291,14 @@ def test_on_change_fires_on_add_and_on_requeue_all() -> None:
 
 def test_oldest_pending_and_pending_counts() -> None:
     outbox = _outbox(Clock())
-    assert outbox.oldest_pending_mono_ns() is None
-    old, new = _event(FAULT, observed_mono_ns=100), _event(INFO, observed_mono_ns=200)
+    assert outbox.oldest_pending_at() is None
+    early, late = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)
+    old, new = _event(FAULT, occurred_at=early), _event(INFO, occurred_at=late)
     outbox.extend([new, old])
-    assert outbox.oldest_pending_mono_ns() == 100
+    assert outbox.oldest_pending_at() == early
     assert outbox.pending_counts() == {"alarm": 0, "fault": 1, "info": 1}
     outbox.ack(old.event_id)
-    assert outbox.oldest_pending_mono_ns() == 200
+    assert outbox.oldest_pending_at() == late
 
 
 # --- property: any interleaving of operations ---------------------------------------------------------------

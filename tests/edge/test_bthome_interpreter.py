@@ -181,3 +181,33 @@ def test_arbitrary_bytes_never_raise_and_never_raise_an_alarm_from_a_keyed_devic
 def test_garbage_property_types_never_raise(garbage) -> None:
     interpreter, _, _ = make()
     assert interpreter.feed(PENDANT.mac or "", {BTHOME_UUID: garbage}, garbage, 1) == []  # type: ignore[dict-item]
+
+
+def test_a_counter_restart_is_believed_after_three_authentic_adverts_and_then_alarms_flow() -> None:
+    interpreter, clock, _ = make(security_interval_s=0)
+    before = VirtualBthomeDevice(PENDANT.mac or "", KEY, start_counter=5000)
+    feed(interpreter, PENDANT, before.heartbeat())
+    after = VirtualBthomeDevice(PENDANT.mac or "", KEY, start_counter=1)  # a new battery, counter from 1
+    results = []
+    for _ in range(3):
+        clock.t += 5
+        results.append(types(feed(interpreter, PENDANT, after.heartbeat())))
+    assert results[:2] == [["fault.tamper"], ["fault.tamper"]], "replays until confirmed"
+    assert results[2][0] == "fault.tamper"
+    clock.t += 5
+    assert types(feed(interpreter, PENDANT, after.press())) == ["alarm.emergency"]
+
+
+def test_one_replayed_old_advert_never_rebaselines_the_counter() -> None:
+    interpreter, clock, _ = make(security_interval_s=0)
+    pendant = VirtualBthomeDevice(PENDANT.mac or "", KEY)
+    old = [pendant.heartbeat() for _ in range(3)]
+    for data in old:
+        clock.t += 5
+        feed(interpreter, PENDANT, data)
+    clock.t += 5
+    feed(interpreter, PENDANT, pendant.heartbeat())
+    for data in (old[0], old[0], old[0]):
+        clock.t += 5
+        (event,) = feed(interpreter, PENDANT, data)
+        assert event.details["reason"] == "replay"

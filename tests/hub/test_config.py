@@ -44,6 +44,7 @@ room = "卫生间"
 id = "smoke-kitchen"
 kind = "smoke"
 transport = "zigbee"
+ieee = "00:0D:6F:00:0A:90:69:E7"
 room = "厨房"
 """
 
@@ -89,7 +90,15 @@ def test_a_good_config_loads_with_data_dir_resolved_against_the_file(tmp_path: P
     assert household.id == "hh-0001" and household.county == "minle"
     assert household.devices == (
         Device("cord-bath", DeviceKind.PULLCORD, Transport.GPIO, 17, "卫生间"),
-        Device("smoke-kitchen", DeviceKind.SMOKE, Transport.ZIGBEE, None, "厨房", checkin_s=1800.0),
+        Device(
+            "smoke-kitchen",
+            DeviceKind.SMOKE,
+            Transport.ZIGBEE,
+            None,
+            "厨房",
+            ieee="00:0d:6f:00:0a:90:69:e7",
+            checkin_s=1800.0,
+        ),
     )
 
 

@@ -20,7 +20,7 @@ name: test
 household: {id: hh-0001, county: minle}
 devices:
   - {id: cord-bath, kind: pullcord, transport: gpio, pin: 17}
-  - {id: smoke-hall, kind: smoke, transport: zigbee}
+  - {id: smoke-hall, kind: smoke, transport: zigbee, ieee: "00:0d:6f:00:0a:90:69:e7"}
 """
 
 
