@@ -57,6 +57,7 @@ class HubService:
         self.config = config
         self._tasks: set[asyncio.Task[Any]] = set()
         self._commands_done: deque[str] = deque(maxlen=256)
+        self.ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         config = self.config
@@ -126,6 +127,7 @@ class HubService:
         )
         forever.append(self._forever("mqtt-uplink", self.uplink.run))
         sd_notify("READY=1")
+        self.ready.set()
         log.info(
             "hub %s ready: %d device(s), %d event(s) pending", config.hub_id, len(config.devices), len(self.outbox)
         )
