@@ -21,6 +21,7 @@ test: lint
 bench: setup
 	$(BIN)/python bench/alarm_latency.py --record
 	$(BIN)/python bench/ble_ingest.py --record
+	$(BIN)/python bench/zigbee_latency.py --record
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

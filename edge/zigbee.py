@@ -57,6 +57,10 @@ class _ClusterListener:
     def attribute_updated(self, attrid: int, value: Any, timestamp: Any = None) -> None:
         self._radio.attribute(self._device, self._cluster, attrid, value)
 
+    def attribute_reported(self, event: Any) -> None:
+        value = getattr(event, "value", getattr(event, "raw_value", None))
+        self._radio.attribute(self._device, self._cluster, int(event.attribute_id), value)
+
     def general_command(self, *args: Any, **kwargs: Any) -> None:
         self._radio.heard(self._device)
 
@@ -106,12 +110,16 @@ class ZigbeeRadio:
     async def run(self) -> None:
         """Keep the coordinator up for ever; returns only when cancelled."""
         module = importlib.import_module(RADIO_MODULES[self.config.radio])
+        # zigpy reads the watchdog period once, before the first ping: set it on the class.
+        app_class: Any = type(
+            "AnjuZigbeeApplication", (module.ControllerApplication,), {"_watchdog_period": self.config.ping_s}
+        )
         delay = 0.5
         first = True
         while True:
             started = time.monotonic()
             try:
-                app = await module.ControllerApplication.new(self._zigpy_config(), auto_form=True)
+                app = await app_class.new(self._zigpy_config(), auto_form=True)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -140,8 +148,8 @@ class ZigbeeRadio:
         self.app = app
         self._lost.clear()
         self._attached.clear()
-        app._watchdog_period = self.config.ping_s
         app.add_listener(self)
+        self._watch_for_resets(app)
         for device in list(app.devices.values()):
             self._attach(device)
         self._link_up()
@@ -151,6 +159,20 @@ class ZigbeeRadio:
             await app.permit(self.config.permit_on_start_s)
             log.info("Zigbee joining open for %d s", self.config.permit_on_start_s)
         await self._lost.wait()
+
+    def _watch_for_resets(self, app: Any) -> None:
+        """A dongle that resets by itself (brown-out, firmware watchdog) forgets the running network
+        until the host commissions it again; zigpy-znp only logs the SYS_RESET_IND, so the hub
+        treats it as a lost link and starts the coordinator afresh."""
+        znp = getattr(app, "_znp", None)
+        if znp is None:
+            return
+        import zigpy_znp.commands as commands
+
+        def reset(indication: Any) -> None:
+            self.connection_lost(RuntimeError(f"the coordinator reset itself ({getattr(indication, 'Reason', '?')})"))
+
+        znp.callback_for_response(commands.SYS.ResetInd.Callback(partial=True), reset)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """zigpy: the port vanished, the dongle reset, or a watchdog ping failed."""
@@ -225,7 +247,10 @@ class ZigbeeRadio:
                 key = (str(device.ieee), endpoint_id, cluster.cluster_id)
                 if key not in self._attached:
                     self._attached.add(key)
-                    cluster.add_listener(_ClusterListener(self, device, cluster))
+                    listener = _ClusterListener(self, device, cluster)
+                    cluster.add_listener(listener)
+                    with contextlib.suppress(AttributeError):  # zigpy >= 0.70 reports attributes as events
+                        cluster.on_event("attribute_report", listener.attribute_reported)
 
     async def _enroll(self, device: Any) -> None:
         cluster = _ias_cluster(device)
@@ -305,7 +330,7 @@ class ZigbeeRadio:
 
     def attribute(self, zigpy_device: Any, cluster: Any, attrid: int, value: Any) -> None:
         self.heard(zigpy_device)
-        if cluster.cluster_id == IAS_ZONE and attrid == 0x0002:  # ZoneStatus, read or reported
+        if cluster.cluster_id == IAS_ZONE and attrid == 0x0002 and value is not None:  # ZoneStatus
             self._zone(zigpy_device, int(value), None)
 
     def _zone(self, zigpy_device: Any, status: int, tsn: int | None) -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from hub.model import EventType
+from hub.rules import LOCAL_ALERTS
 from simulator.runner import run_scenario
 from simulator.scenario import ALARM_STIMULI, Scenario, bundled, load_scenario
 
@@ -42,7 +44,9 @@ async def test_bundled_scenario_delivers_every_alarm_once(name: str, tmp_path: P
     assert [e["seq"] for e in result["events"]] == sorted(e["seq"] for e in result["events"])
     assert result["contract"]["violations"] == []
     # (The tap's message counts are not compared: across a broker restart it may reconnect after the hub.)
-    assert result["prompts"].count("help_sent") == len(pulls)
+    for prompt in {prompt for _, prompt in LOCAL_ALERTS.values()}:
+        expected = sum(1 for e in alarms if LOCAL_ALERTS[EventType(e["type"])][1] == prompt)
+        assert result["prompts"].count(prompt) == expected, f"each alarm speaks its prompt once: {prompt}"
     assert result["prompts"].count("centre_received") == len(alarms)
 
 
