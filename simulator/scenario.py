@@ -80,7 +80,7 @@ class Step(_Strict):
     hub: Literal["kill", "restart"] | None = None
     centre: Literal["down", "up", "no_ack"] | None = None
     ble: Literal["adapter_gone", "adapter_back", "in_progress", "garbage"] | None = None
-    radio: Literal["unplug", "replug", "reset", "hang"] | None = None
+    radio: Literal["unplug", "replug", "reset", "hang", "garbage", "duplicate"] | None = None
 
     @model_validator(mode="after")
     def _one_action(self) -> Self:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -143,6 +144,12 @@ class ZigbeeRig:
         elif fault == "reset":
             await self.dongle.reset()
             self._note(now, "radio", "Zigbee dongle reset itself (SYS_RESET_IND)")
+        elif fault == "garbage":
+            await self.dongle.send_garbage(bytes(random.randrange(256) for _ in range(64)) + b"\xfe\x05\x45")
+            self._note(now, "radio", "64 random bytes and a truncated frame on the serial line")
+        elif fault == "duplicate":
+            self.dongle.duplicate_next()
+            self._note(now, "radio", "the dongle will send its next device frame twice")
         elif fault == "hang":
             self.dongle.hang(self.options.hang_s)
             self._note(now, "radio", f"Zigbee dongle stops answering for {self.options.hang_s:g} s")
