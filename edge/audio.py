@@ -27,8 +27,11 @@ PROMPTS: dict[str, str] = {
     "help_sent": "已发出求助信号，请保持冷静",
     "centre_received": "监控中心已收到",
     "smoke": "检测到烟雾，请立即离开房间",
-    "fall": "检测到跌倒，如果您没事，请按按钮取消",
+    "fall_prompt": "检测到跌倒，如果您没事，请按按钮取消",
     "still_calling": "正在继续呼叫",
+    "inactivity_prompt": "您好，请按按钮报平安",
+    "checkin_greeting": "早上好，请按按钮报平安",
+    "battery_low": "设备电量低，请联系工作人员更换电池",
     "test_ok": "测试成功",
 }
 

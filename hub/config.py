@@ -11,8 +11,10 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -149,6 +151,102 @@ class OutboxConfig(_Strict):
     jitter: float = Field(0.5, ge=0, le=1)
 
 
+HourMinute = Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description='"HH:MM", 24-hour')]
+TimeRange = Annotated[
+    str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$", description='"HH:MM-HH:MM"')
+]
+
+
+def minutes(hhmm: str) -> int:
+    hours, mins = hhmm.split(":")
+    return int(hours) * 60 + int(mins)
+
+
+def in_range(hhmm_range: str, minute_of_day: int) -> bool:
+    """Whether a minute of the day falls in "HH:MM-HH:MM" (which may run past midnight)."""
+    start, end = (minutes(part) for part in hhmm_range.split("-"))
+    return start <= minute_of_day < end if start <= end else minute_of_day >= start or minute_of_day < end
+
+
+class FallRule(_Strict):
+    cancel_s: int = Field(30, ge=10, le=120, description="how long a fallen person has to press 'I am fine'")
+
+
+class EmergencyRule(_Strict):
+    cancel_long_press_s: float = Field(10.0, ge=0, le=60, description="a long press this soon after is a cancel")
+
+
+class FireRule(_Strict):
+    repeat_s: float = Field(30.0, ge=5, le=600, description="the smoke prompt repeats until the smoke clears")
+
+
+class EscalationRule(_Strict):
+    ack_timeout_s: float = Field(60.0, ge=5, le=3600, description="no centre ack this long: say so, fault.uplink")
+
+
+class InactivityRule(_Strict):
+    enabled: bool = True
+    hours: float = Field(12.0, gt=0, le=72)
+    waking: TimeRange = "07:00-21:00"
+    answer_min: float = Field(10.0, gt=0, le=120)
+
+
+class CheckinRule(_Strict):
+    enabled: bool = True
+    at: HourMinute = "09:00"
+    answer_min: float = Field(30.0, gt=0, le=240)
+
+
+class Reminder(_Strict):
+    id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+    at: HourMinute
+    text: Annotated[str, Field(min_length=1, max_length=200)]
+    answer_min: float = Field(15.0, gt=0, le=240)
+
+
+class RulesConfig(_Strict):
+    timezone: str = Field("Asia/Shanghai", description="IANA time zone of the household")
+    quiet_hours: TimeRange | None = Field("22:00-07:00", description="no greetings or reminders; alarms always")
+    fall: FallRule = FallRule()
+    emergency: EmergencyRule = EmergencyRule()
+    fire: FireRule = FireRule()
+    escalation: EscalationRule = EscalationRule()
+    inactivity: InactivityRule = InactivityRule()
+    checkin: CheckinRule = CheckinRule()
+    reminders: list[Reminder] = []
+    battery_prompt: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise FieldProblem(
+                ("timezone",), f"unknown time zone {self.timezone!r}; use an IANA name like Asia/Shanghai"
+            ) from exc
+        quiet = self.quiet_hours
+        if quiet and self.checkin.enabled and in_range(quiet, minutes(self.checkin.at)):
+            raise FieldProblem(("checkin", "at"), f"the check-in at {self.checkin.at} falls in quiet hours {quiet}")
+        seen: set[str] = set()
+        for index, reminder in enumerate(self.reminders):
+            if reminder.id in seen:
+                raise FieldProblem(("reminders", index, "id"), f"reminder id {reminder.id!r} is used twice")
+            seen.add(reminder.id)
+            if quiet and in_range(quiet, minutes(reminder.at)):
+                raise FieldProblem(
+                    ("reminders", index, "at"), f"reminder at {reminder.at} falls in quiet hours {quiet}"
+                )
+        return self
+
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+class ClockConfig(_Strict):
+    mode: Literal["system", "simulated"] = Field("system", description="simulated: scenarios move it with `advance`")
+    start: datetime | None = Field(None, description="with mode=simulated: the moment the clock starts at")
+
+
 class HubConfig(_Strict):
     hub_id: Identifier
     county: Identifier
@@ -159,6 +257,8 @@ class HubConfig(_Strict):
     gpio: GpioConfig = GpioConfig()
     ble: BleConfig = BleConfig()
     zigbee: ZigbeeConfig = ZigbeeConfig()
+    rules: RulesConfig = RulesConfig()
+    clock: ClockConfig = ClockConfig()
     audio: AudioConfig = AudioConfig()
     mqtt: MqttConfig = MqttConfig()
     outbox: OutboxConfig = OutboxConfig()

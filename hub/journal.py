@@ -45,6 +45,11 @@ CREATE TABLE IF NOT EXISTS events (
     ack_via           TEXT
 );
 CREATE INDEX IF NOT EXISTS events_unacked ON events (priority, seq) WHERE acked_at IS NULL;
+CREATE TABLE IF NOT EXISTS windows (
+    id        TEXT PRIMARY KEY,
+    deadline  TEXT NOT NULL,
+    data      TEXT NOT NULL
+);
 """
 
 _COLUMNS = (
@@ -158,6 +163,26 @@ class Journal:
         rows = self._db.execute(f"SELECT {_COLUMNS} FROM events ORDER BY seq").fetchall()
         return [_record(row) for row in rows]
 
+    def save_window(self, window_id: str, deadline: datetime, data: dict[str, Any]) -> None:
+        """A rule's open window (a fall's cancel window, a check-in): it survives a restart."""
+        try:
+            self._db.execute(
+                "INSERT OR REPLACE INTO windows (id, deadline, data) VALUES (?,?,?)",
+                (window_id, deadline.isoformat(), json.dumps(data, ensure_ascii=False)),
+            )
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot save window {window_id} in {self.path}: {exc}") from exc
+
+    def delete_window(self, window_id: str) -> None:
+        try:
+            self._db.execute("DELETE FROM windows WHERE id = ?", (window_id,))
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot close window {window_id} in {self.path}: {exc}") from exc
+
+    def windows(self) -> list[tuple[str, datetime, dict[str, Any]]]:
+        rows = self._db.execute("SELECT id, deadline, data FROM windows ORDER BY deadline").fetchall()
+        return [(row[0], datetime.fromisoformat(row[1]), json.loads(row[2])) for row in rows]
+
     def pending_counts(self) -> dict[str, int]:
         rows = self._db.execute(
             "SELECT priority, COUNT(*) FROM events WHERE acked_at IS NULL GROUP BY priority"
@@ -236,6 +261,15 @@ class AsyncJournal:
 
     async def pending_counts(self) -> dict[str, int]:
         return await self._run(self._journal.pending_counts)
+
+    async def save_window(self, window_id: str, deadline: datetime, data: dict[str, Any]) -> None:
+        await self._run(self._journal.save_window, window_id, deadline, data)
+
+    async def delete_window(self, window_id: str) -> None:
+        await self._run(self._journal.delete_window, window_id)
+
+    async def windows(self) -> list[tuple[str, datetime, dict[str, Any]]]:
+        return await self._run(self._journal.windows)
 
     def close(self) -> None:
         self._executor.submit(self._journal.close).result()

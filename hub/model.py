@@ -105,7 +105,7 @@ EVENT_SPECS: dict[EventType, EventSpec] = {
     EventType.ALARM_CHECKIN_MISSED: EventSpec(_A, "102", 1, "NA", "daily check-in not answered"),
     EventType.PREALARM_FALL: EventSpec(_A, None, 1, None, "possible fall, cancel window open"),
     EventType.CANCEL_EMERGENCY: EventSpec(_A, "406", 1, "OC", "the person cancelled an emergency call"),
-    EventType.CANCEL_FALL: EventSpec(_A, "406", 1, "OC", "the person cancelled a fall pre-alarm"),
+    EventType.CANCEL_FALL: EventSpec(_I, "406", 1, "OC", "the person cancelled a fall pre-alarm"),
     EventType.RESTORE_FIRE: EventSpec(_F, "111", 3, "FH", "smoke cleared"),
     EventType.RESTORE_DEVICE_OFFLINE: EventSpec(_F, "381", 3, "UJ", "device heard again"),
     EventType.RESTORE_BATTERY_LOW: EventSpec(_F, "384", 3, "XR", "device battery restored"),

@@ -24,11 +24,12 @@ from typing import Any
 
 from cloud_bridge.mqtt import MqttUplink
 from cloud_bridge.outbox import Outbox, RetryPolicy
-from edge.audio import AplayPlayer, Player, RecordingPlayer, SilentPlayer, VoicePrompts
+from edge.audio import PROMPTS, AplayPlayer, Player, RecordingPlayer, SilentPlayer, VoicePrompts
 from edge.ble import BleRadio
 from edge.bthome import BthomeInterpreter
 from edge.gpio import PinInputs, Siren, StatusLed, load_pin_factory
 from edge.zigbee import ZigbeeRadio
+from hub.clock import Clock, SimulatedClock, SystemClock
 from hub.config import AudioConfig, HubConfig
 from hub.control import ControlServer, socket_path
 from hub.journal import AsyncJournal, JournalError
@@ -80,8 +81,20 @@ class HubService:
             config.audio.voice,
             config.audio.prompts_dir,
         )
-        self.rules = Rules(origin, self.siren, self.led, self.voice, self._emit)
-        missing = await asyncio.to_thread(self.voice.prepare)
+        self.clock = make_clock(config)
+        self.rules = Rules(
+            origin,
+            self.siren,
+            self.led,
+            self.voice,
+            self._emit,
+            config.rules,
+            self.clock,
+            {d.id: d for d in household.devices},
+            _JournalWindows(self),
+        )
+        texts = {**PROMPTS, **{f"reminder:{r.id}": r.text for r in config.rules.reminders}}
+        missing = await asyncio.to_thread(self.voice.prepare, texts)
         if missing:
             log.error("voice prompts missing: %s (alarms still sound the siren)", ", ".join(missing))
 
@@ -100,6 +113,7 @@ class HubService:
         if backlog:
             log.warning("%d event(s) from before the restart still await the centre; resending", len(backlog))
         self._journal_ready.set()
+        self.rules.start(await self.journal.windows())
 
         # 3. Radios, supervision, the local control socket and the uplink: each restarted if it dies.
         self.supervisor = Supervisor(origin, household.devices)
@@ -109,7 +123,12 @@ class HubService:
         if ble_devices:
             ble_config = config.ble
             interpreter = BthomeInterpreter(
-                origin, ble_devices, ble_config.battery_low_percent, ble_config.security_interval_s, on_heard=heard
+                origin,
+                ble_devices,
+                ble_config.battery_low_percent,
+                ble_config.security_interval_s,
+                on_activity=lambda device, ns: self.rules.on_activity(device, ns),
+                on_heard=heard,
             )
             self.ble = BleRadio(ble_config, interpreter, self._events, self._radio("ble"))
             forever.append(self._forever("ble", self.ble.run))
@@ -119,7 +138,15 @@ class HubService:
                 config.zigbee, origin, zigbee_devices, data_dir, self._events, self._radio("zigbee"), on_heard=heard
             )
             forever.append(self._forever("zigbee", self.zigbee.run))
-        self.control = ControlServer(socket_path(data_dir), {"permit": self._permit, "status": self._status})
+        self.control = ControlServer(
+            socket_path(data_dir),
+            {
+                "permit": self._permit,
+                "status": self._status,
+                "advance": self._advance,
+                "test_mode": self._test_mode,
+            },
+        )
         with contextlib.suppress(OSError):
             await self.control.start()
         self.uplink = MqttUplink(
@@ -206,6 +233,17 @@ class HubService:
         log.info("Zigbee joining open for %d s (local request)", seconds)
         return {"permit_s": seconds}
 
+    async def _advance(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Simulation only: move the hub's clock forward; every timer that falls due fires, in order."""
+        if not isinstance(self.clock, SimulatedClock):
+            raise RuntimeError("the clock can only be advanced with clock.mode = simulated")
+        fired = self.clock.advance(float(request["seconds"]))
+        return {"now": self.clock.now().isoformat(), "timers_fired": fired}
+
+    async def _test_mode(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.rules.set_test_mode(bool(request.get("on", True)))
+        return {"test_mode": self.rules.test_mode}
+
     async def _status(self, request: dict[str, Any]) -> dict[str, Any]:
         ble, zigbee = getattr(self, "ble", None), getattr(self, "zigbee", None)
         return {
@@ -215,6 +253,9 @@ class HubService:
             "ble": None if ble is None else {"radio_ok": ble.radio_ok, "mode": ble.mode, "adverts": ble.adverts},
             "zigbee": None if zigbee is None else {"radio_ok": zigbee.radio_ok, "connected": zigbee.app is not None},
             "offline_devices": sorted(self.supervisor.offline()),
+            "clock": self.clock.now().isoformat(),
+            "open_windows": self.rules.open_windows(),
+            "test_mode": self.rules.test_mode,
         }
 
     def _events(self, events: list[Event]) -> None:
@@ -299,6 +340,38 @@ class HubService:
         self._commands_done.append(cmd_id)
         result = self.rules.on_command(cmd["command"], cmd.get("args", {}))
         log.info("command %s (%s) from the centre: %s", cmd["command"], cmd_id, result)
+
+
+def make_clock(config: HubConfig) -> Clock:
+    zone = config.rules.zone()
+    if config.clock.mode == "simulated":
+        return SimulatedClock(config.clock.start or datetime.now(zone), zone)
+    return SystemClock(zone)
+
+
+class _JournalWindows:
+    """The rules' open windows, saved in the journal (in the background: a rule never waits for disk)."""
+
+    def __init__(self, service: HubService) -> None:
+        self._service = service
+
+    def save(self, window_id: str, deadline: datetime, data: dict[str, Any]) -> None:
+        self._spawn(lambda: self._service.journal.save_window(window_id, deadline, data))
+
+    def delete(self, window_id: str) -> None:
+        self._spawn(lambda: self._service.journal.delete_window(window_id))
+
+    def _spawn(self, action: Callable[[], Awaitable[None]]) -> None:
+        async def run() -> None:
+            await self._service._journal_ready.wait()
+            try:
+                await action()
+            except JournalError as exc:
+                log.error("%s (the window still runs in memory)", exc)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._service._tasks.add(task)
+        task.add_done_callback(self._service._tasks.discard)
 
 
 def run_forever(config: HubConfig) -> None:

@@ -27,11 +27,13 @@ from typing import Any
 
 import tomli_w
 
+from hub.control import request as control_request
+from hub.control import socket_path
 from hub.model import EventType, Transport
 from simulator.ble_rig import BleRig
 from simulator.broker import PrivateBroker
 from simulator.gpio import ENV_SOCKET, PinBench
-from simulator.scenario import ALARM_STIMULI, Scenario, Step
+from simulator.scenario import IMMEDIATE_ALARM_STIMULI, Scenario, Step
 from simulator.tap import ContractTap
 from simulator.zigbee_rig import ZigbeeRig
 
@@ -192,6 +194,16 @@ class ScenarioRunner:
             "devices": [device.model_dump(mode="json", exclude_none=True) for device in scenario.devices],
             "ble": self.ble.hub_config() if self.ble is not None else {},
             "zigbee": self.zigbee.hub_config() if self.zigbee is not None else {},
+            "rules": (
+                scenario.rules.model_dump(mode="json")
+                if scenario.rules is not None
+                else {"checkin": {"enabled": False}, "inactivity": {"enabled": False}}
+            ),
+            "clock": (
+                {"mode": "simulated", "start": scenario.clock.start.isoformat()}
+                if scenario.clock
+                else {"mode": "system"}
+            ),
         }
         path = self.workdir / "hub.toml"
         path.write_bytes(tomli_w.dumps(config).encode())
@@ -273,6 +285,22 @@ class ScenarioRunner:
         releases: set[asyncio.Task[None]],
     ) -> None:
         add = self.timeline.add
+        if step.advance is not None or step.mode is not None:
+            message = (
+                {"cmd": "advance", "seconds": step.advance_s}
+                if step.advance is not None
+                else {"cmd": "test_mode", "on": step.mode == "test"}
+            )
+            answer = await asyncio.to_thread(control_request, socket_path(self.hub_data), message)
+            if not answer.get("ok"):
+                raise RuntimeError(f"the hub refused {message}: {answer.get('error')}")
+            text = (
+                f"clock advanced {step.advance} to {answer['now']} ({answer['timers_fired']} timer(s) fired)"
+                if step.advance is not None
+                else f"test mode {'on' if step.mode == 'test' else 'off'}"
+            )
+            add(time.monotonic_ns(), "runner", text)
+            return
         device_config = next((d for d in self.scenario.devices if d.id == step.device), None)
         if step.radio is not None or (device_config is not None and device_config.transport is Transport.ZIGBEE):
             assert self.zigbee is not None
@@ -343,16 +371,24 @@ class ScenarioRunner:
         The last step's consequences (a restore, a security report) may still be on their way, so
         the runner waits QUIET_S after the last step before it trusts "everything is acknowledged".
         """
-        expected_alarms = sum(1 for s in self.stimuli if s.action in ALARM_STIMULI)
+        expected_alarms = sum(1 for s in self.stimuli if s.action in IMMEDIATE_ALARM_STIMULI)
         await asyncio.sleep(QUIET_S)
         deadline = time.monotonic() + self.scenario.settle
         while time.monotonic() < deadline:
             records = _read_rows(self.hub_data / "journal.sqlite3", "SELECT type, acked_at FROM events")
             alarms = sum(1 for type_, _ in records if type_.startswith("alarm."))
-            if alarms >= expected_alarms and all(acked for _, acked in records):
+            if alarms >= expected_alarms and all(acked for _, acked in records) and not await self._fall_windows():
                 return
             await asyncio.sleep(0.05)
         self.timeline.add(time.monotonic_ns(), "runner", f"settle time ({self.scenario.settle} s) ran out")
+
+    async def _fall_windows(self) -> bool:
+        """Whether the hub still has a fall's cancel window open (its alarm may yet come)."""
+        try:
+            status = await asyncio.to_thread(control_request, socket_path(self.hub_data), {"cmd": "status"}, 2.0)
+        except OSError:
+            return False
+        return any(window.startswith("fall:") for window in status.get("open_windows", []))
 
     def _result(self, bench: PinBench) -> dict[str, Any]:
         journal = _read_rows(
@@ -421,6 +457,17 @@ class ScenarioRunner:
             ],
         }
 
+    def _check_prompt(self, expectation: Any) -> dict[str, Any]:
+        played = _prompts_played(self.prompts_file).count(expectation.prompt)
+        ok = played == expectation.count if expectation.count is not None else played > 0
+        spec = expectation.model_dump(mode="json", exclude_none=True)
+        wanted = f"{expectation.count}" if expectation.count is not None else "at least once"
+        return {
+            "expect": spec,
+            "ok": ok,
+            "detail": f"prompt {expectation.prompt} played {played} time(s)" + ("" if ok else f" — expected {wanted}"),
+        }
+
     def _stimulus_for(self, device: str | None, observed_mono_ns: int) -> Stimulus | None:
         earlier = [s for s in self.stimuli if s.device == device and s.mono_ns <= observed_mono_ns]
         return earlier[-1] if earlier else None
@@ -428,6 +475,8 @@ class ScenarioRunner:
     def _check(
         self, expectation: Any, events: list[dict[str, Any]], centre_rows: list[tuple[Any, ...]]
     ) -> dict[str, Any]:
+        if expectation.prompt is not None:
+            return self._check_prompt(expectation)
         kind = EventType(expectation.event).value
         matching = [e for e in events if e["type"] == kind and (expectation.device in (None, e["device"]))]
         at_centre = [r for r in centre_rows if r[3] == kind and (expectation.device in (None, r[4]))]
@@ -455,6 +504,12 @@ class ScenarioRunner:
             "ok": not problems,
             "detail": detail + ("" if not problems else " — " + "; ".join(problems)),
         }
+
+
+def _prompts_played(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    return [json.loads(line)["prompt"] for line in path.read_text().splitlines() if line.strip()]
 
 
 def _siren_onsets(bench: PinBench) -> list[int]:

@@ -20,7 +20,9 @@ the line, the field and what is allowed (hub.config.located_errors).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from datetime import datetime
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Literal, Self
@@ -28,7 +30,15 @@ from typing import Annotated, Literal, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hub.config import ConfigError, DeviceConfig, FieldProblem, Identifier, located_errors, read_file
+from hub.config import (
+    ConfigError,
+    DeviceConfig,
+    FieldProblem,
+    Identifier,
+    RulesConfig,
+    located_errors,
+    read_file,
+)
 from hub.model import DeviceKind, EventType, Transport
 
 # What each device kind can be made to do, per transport.
@@ -59,6 +69,8 @@ ZIGBEE_ACTIONS: dict[DeviceKind, frozenset[str]] = {
 }
 # Steps that are a person or a fire asking for help: the runner expects an alarm from each.
 ALARM_STIMULI = frozenset({"pull", "press", "double_press", "long_press", "fall", "smoke"})
+# ... of which these raise their alarm at once (a fall first opens its cancel window).
+IMMEDIATE_ALARM_STIMULI = ALARM_STIMULI - {"fall"}
 
 
 class _Strict(BaseModel):
@@ -81,15 +93,28 @@ class Step(_Strict):
     centre: Literal["down", "up", "no_ack"] | None = None
     ble: Literal["adapter_gone", "adapter_back", "in_progress", "garbage"] | None = None
     radio: Literal["unplug", "replug", "reset", "hang", "garbage", "duplicate"] | None = None
+    advance: (
+        Annotated[str, Field(pattern=r"^(\d+(\.\d+)?[hms])+$", description='e.g. "13h", "10m", "1h30m"')] | None
+    ) = None
+    mode: Literal["test", "normal"] | None = Field(None, description="the household's walk-test mode")
+
+    @property
+    def advance_s(self) -> float:
+        assert self.advance is not None
+        units = {"h": 3600.0, "m": 60.0, "s": 1.0}
+        return sum(float(number) * units[unit] for number, unit in re.findall(r"(\d+(?:\.\d+)?)([hms])", self.advance))
 
     @model_validator(mode="after")
     def _one_action(self) -> Self:
         actions = [
-            name for name in ("device", "uplink", "hub", "centre", "ble", "radio") if getattr(self, name) is not None
+            name
+            for name in ("device", "uplink", "hub", "centre", "ble", "radio", "advance", "mode")
+            if getattr(self, name) is not None
         ]
         if len(actions) != 1:
             raise ValueError(
-                "a step needs exactly one of `device` (with `do`), `uplink`, `hub`, `centre`, `ble` or `radio`;"
+                "a step needs exactly one of `device` (with `do`), `uplink`, `hub`, `centre`, `ble`, `radio`,"
+                " `advance` or `mode`;"
                 f" this one has {actions or 'none'}"
             )
         if self.device is not None and self.do is None:
@@ -100,10 +125,21 @@ class Step(_Strict):
 
 
 class Expectation(_Strict):
-    event: EventType
+    event: EventType | None = None
+    prompt: str | None = Field(None, description="a voice prompt that must have been played (count: how often)")
     device: str | None = None
     count: Annotated[int, Field(ge=0)] | None = None
     delivered: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_subject(self) -> Self:
+        if (self.event is None) == (self.prompt is None):
+            raise ValueError("an expectation names either an `event` or a `prompt`")
+        return self
+
+
+class ClockSpec(_Strict):
+    start: datetime = Field(description="the hub's wall clock when the scenario starts, with its UTC offset")
 
 
 class BleOptions(_Strict):
@@ -130,6 +166,8 @@ class Scenario(_Strict):
     expect: list[Expectation] = []
     ble: BleOptions = BleOptions()
     zigbee: ZigbeeOptions = ZigbeeOptions()
+    rules: RulesConfig | None = Field(None, description="the household's rules (default: alarms only, no routines)")
+    clock: ClockSpec | None = None
     settle: Annotated[float, Field(gt=0, le=600, description="seconds to wait after the last step")] = 20.0
 
     @model_validator(mode="after")
