@@ -118,6 +118,8 @@ class HubService:
         # 3. Radios, supervision, the local control socket and the uplink: each restarted if it dies.
         self.supervisor = Supervisor(origin, household.devices)
         forever = [self._forever("supervision", self._supervise)]
+        if isinstance(self.clock, SimulatedClock):
+            forever.append(self._forever("simulated-clock", lambda: keep_simulated_time(config, self.clock)))
         heard = lambda device, ns: self._events(self.supervisor.heard(device.id, ns))  # noqa: E731
         ble_devices = [d for d in household.devices if d.transport is Transport.BLE]
         if ble_devices:
@@ -238,6 +240,8 @@ class HubService:
         if not isinstance(self.clock, SimulatedClock):
             raise RuntimeError("the clock can only be advanced with clock.mode = simulated")
         fired = self.clock.advance(float(request["seconds"]))
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(_clock_file(self.config).write_text, self.clock.now().isoformat())
         return {"now": self.clock.now().isoformat(), "timers_fired": fired}
 
     async def _test_mode(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -343,10 +347,27 @@ class HubService:
 
 
 def make_clock(config: HubConfig) -> Clock:
+    """The system clock; or, in simulation, a clock that starts at `clock.start` and, after a restart,
+    goes on from where the last run left it (a simulated hub must not travel back in time)."""
     zone = config.rules.zone()
-    if config.clock.mode == "simulated":
-        return SimulatedClock(config.clock.start or datetime.now(zone), zone)
-    return SystemClock(zone)
+    if config.clock.mode != "simulated":
+        return SystemClock(zone)
+    start = config.clock.start or datetime.now(zone)
+    with contextlib.suppress(OSError, ValueError):
+        start = max(start, datetime.fromisoformat(_clock_file(config).read_text().strip()))
+    return SimulatedClock(start, zone)
+
+
+def _clock_file(config: HubConfig) -> Path:
+    return config.data_dir / "simulated-clock.txt"
+
+
+async def keep_simulated_time(config: HubConfig, clock: Clock) -> None:
+    """Write a simulated clock's time down every second, for the next start (see make_clock)."""
+    while True:
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(_clock_file(config).write_text, clock.now().isoformat())
+        await asyncio.sleep(1.0)
 
 
 class _JournalWindows:
