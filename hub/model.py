@@ -245,6 +245,7 @@ class Origin:
         device: Device | None,
         observed_mono_ns: int | None = None,
         device_counter: int | None = None,
+        occurred_at: datetime | None = None,
         **details: Any,
     ) -> Event:
         described: dict[str, Any] = {}
@@ -261,6 +262,7 @@ class Origin:
             device.id if device else None,
             observed_mono_ns=observed_mono_ns if observed_mono_ns is not None else time.monotonic_ns(),
             device_counter=device_counter,
+            occurred_at=occurred_at or datetime.now(UTC),
             details=described,
         )
 

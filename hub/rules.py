@@ -77,6 +77,7 @@ LOCAL_ALERTS: dict[EventType, tuple[str, str]] = {
     EventType.ALARM_FIRE: ("fire", "smoke"),
     EventType.ALARM_INACTIVITY: ("emergency", "help_sent"),
 }
+HOLD_TO_SILENCE_S = 2.0
 TEST_TRIGGERS = frozenset(
     {EventType.ALARM_EMERGENCY, EventType.ALARM_FALL, EventType.ALARM_FIRE, EventType.FAULT_TAMPER}
 )
@@ -143,6 +144,7 @@ class Rules:
         self._daily: list[Timer] = []
         self.last_activity = self.clock.now()
         self._inactivity_timer: Timer | None = None
+        self._button_down: int | None = None
 
     # -- start-up -------------------------------------------------------------------------------
 
@@ -179,7 +181,10 @@ class Rules:
     # -- from the edges --------------------------------------------------------------------------
 
     def on_input(self, device: Device, active: bool, observed_mono_ns: int) -> None:
-        """A debounced GPIO edge (on the event loop thread): a pull-cord or button, or a smoke relay."""
+        """A debounced GPIO edge (on the event loop thread): a pull-cord, the hub's own button, a smoke relay."""
+        if device.kind is DeviceKind.BUTTON and device.transport is Transport.GPIO:
+            self._hub_button(device, active, observed_mono_ns)
+            return
         kind: EventType | None = None
         if device.kind in CALL_FOR_HELP:
             kind = EventType.ALARM_EMERGENCY if active else None
@@ -189,7 +194,28 @@ class Rules:
             log.debug("activity from %s", device.id)
             return
         details: dict[str, Any] = {"button": "press"} if kind is EventType.ALARM_EMERGENCY else {}
-        self.on_event(self.origin.event(kind, device, observed_mono_ns, None, **details))
+        self.on_event(self.origin.event(kind, device, observed_mono_ns, None, None, **details))
+
+    def _hub_button(self, device: Device, active: bool, observed_mono_ns: int) -> None:
+        """The hub's own button: a press says "I am fine" to an open window; held for
+        HOLD_TO_SILENCE_S it silences the siren here for LOCAL_SILENCE_S (never a fire while smoke
+        persists). It is not a call for help: the cords, pendants and SOS buttons are."""
+        if active:
+            self._button_down = observed_mono_ns
+            self.on_activity(device)
+            event = self.origin.event(EventType.ALARM_EMERGENCY, device, observed_mono_ns, None, None, button="press")
+            if not self._answer(event):
+                log.info("hub button pressed; no window open")
+            return
+        held_s = (observed_mono_ns - (self._button_down or observed_mono_ns)) / 1e9
+        self._button_down = None
+        if held_s < HOLD_TO_SILENCE_S:
+            return
+        if self._fire_repeat is not None:
+            log.warning("hub button held %.1f s: the siren stays on while there is smoke", held_s)
+            return
+        log.warning("hub button held %.1f s: siren silenced", held_s)
+        _safely("siren", self.siren.silence)
 
     def on_activity(self, device: Device | None = None, observed_mono_ns: int | None = None) -> None:
         """Motion, a door, a press: the person is up and about."""
@@ -302,27 +328,22 @@ class Rules:
         self._close(window)
         device = self.devices.get(window.data.get("device_id") or "")
         if window.kind == "fall":
-            event = self.origin.event(
+            event = self._new(
                 EventType.ALARM_FALL,
                 device,
-                None,
                 after_prealarm=True,
                 prealarm_id=window.data.get("prealarm_id"),
                 **window.data.get("details", {}),
             )
             self._alert(event)
         elif window.kind == "inactivity":
-            self._alert(
-                self.origin.event(EventType.ALARM_INACTIVITY, None, None, inactive_h=round(self._inactive_hours(), 2))
-            )
+            self._alert(self._new(EventType.ALARM_INACTIVITY, inactive_h=round(self._inactive_hours(), 2)))
         elif window.kind == "checkin":
-            event = self.origin.event(EventType.ALARM_CHECKIN_MISSED, None, None)
+            event = self._new(EventType.ALARM_CHECKIN_MISSED)
             self._emit(event, None)
             self._watch_ack(event)
         elif window.kind == "reminder":
-            self._emit(
-                self.origin.event(EventType.INFO_REMINDER_MISSED, None, None, reminder=window.data["reminder"]), None
-            )
+            self._emit(self._new(EventType.INFO_REMINDER_MISSED, reminder=window.data["reminder"]), None)
 
     def _checkin(self) -> None:
         self._speak_routine("checkin_greeting")
@@ -412,10 +433,8 @@ class Rules:
             if not self._uplink_fault:
                 self._uplink_fault = True
                 self._emit(
-                    self.origin.event(
+                    self._new(
                         EventType.FAULT_UPLINK,
-                        None,
-                        None,
                         waiting_event=event.event_id,
                         waited_s=self.config.escalation.ack_timeout_s,
                     ),
@@ -453,8 +472,12 @@ class Rules:
     def _derived(self, event: Event, kind: EventType, **details: Any) -> Event:
         device = self.devices.get(event.device_id or "")
         return self.origin.event(
-            kind, device, event.observed_mono_ns, event.device_counter, **{**event.details, **details}
+            kind, device, event.observed_mono_ns, event.device_counter, self.clock.now(), **{**event.details, **details}
         )
+
+    def _new(self, kind: EventType, device: Device | None = None, **details: Any) -> Event:
+        """An event the rules themselves raise, stamped with the rules' clock."""
+        return self.origin.event(kind, device, None, None, self.clock.now(), **details)
 
     # -- from the centre -----------------------------------------------------------------------------
 
@@ -468,7 +491,7 @@ class Rules:
             _safely("LED", self.led.acknowledged)
         if self._uplink_fault and event.type is not EventType.FAULT_UPLINK:
             self._uplink_fault = False
-            self._emit(self.origin.event(EventType.RESTORE_UPLINK, None, None), None)
+            self._emit(self._new(EventType.RESTORE_UPLINK), None)
 
     def on_command(self, command: str, args: dict[str, Any]) -> dict[str, Any]:
         """A command from the centre that the rules own. Returns what happened, for the log."""
