@@ -141,6 +141,7 @@ class DeviceKind(StrEnum):
     RADAR = "radar"
     CONTACT = "contact"
     MOTION = "motion"
+    POWER = "power"  # a UPS HAT's "mains lost" signal on a GPIO input
 
 
 class Transport(StrEnum):
@@ -246,6 +247,7 @@ class Origin:
         observed_mono_ns: int | None = None,
         device_counter: int | None = None,
         occurred_at: datetime | None = None,
+        /,
         **details: Any,
     ) -> Event:
         described: dict[str, Any] = {}

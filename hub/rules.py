@@ -190,6 +190,8 @@ class Rules:
             kind = EventType.ALARM_EMERGENCY if active else None
         elif device.kind is DeviceKind.SMOKE:
             kind = EventType.ALARM_FIRE if active else EventType.RESTORE_FIRE
+        elif device.kind is DeviceKind.POWER:
+            kind = EventType.FAULT_POWER if active else EventType.RESTORE_POWER
         if kind is None:
             log.debug("activity from %s", device.id)
             return
@@ -469,15 +471,15 @@ class Rules:
     def open_windows(self) -> list[str]:
         return sorted(self._windows)
 
-    def _derived(self, event: Event, kind: EventType, **details: Any) -> Event:
+    def _derived(self, event: Event, kind: EventType, /, **details: Any) -> Event:
         device = self.devices.get(event.device_id or "")
         return self.origin.event(
             kind, device, event.observed_mono_ns, event.device_counter, self.clock.now(), **{**event.details, **details}
         )
 
-    def _new(self, kind: EventType, device: Device | None = None, **details: Any) -> Event:
+    def _new(self, event_type: EventType, device: Device | None = None, /, **details: Any) -> Event:
         """An event the rules themselves raise, stamped with the rules' clock."""
-        return self.origin.event(kind, device, None, None, self.clock.now(), **details)
+        return self.origin.event(event_type, device, None, None, self.clock.now(), **details)
 
     # -- from the centre -----------------------------------------------------------------------------
 

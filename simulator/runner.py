@@ -317,11 +317,11 @@ class ScenarioRunner:
         if step.device is not None and step.do is not None:
             device = next(d for d in self.scenario.devices if d.id == step.device)
             assert device.pin is not None
-            if step.do in ("pull", "press", "smoke"):
+            if step.do in ("pull", "press", "smoke", "mains_lost"):
                 sent = await bench.drive(device.pin, 0)
                 self.stimuli.append(Stimulus(device.id, step.do, sent))
                 add(sent, "device", f"{device.id}: {step.do} (GPIO{device.pin} low)")
-                if step.do != "smoke":
+                if step.do not in ("smoke", "mains_lost"):
                     task = asyncio.create_task(self._release(bench, device.pin, step.hold))
                     releases.add(task)
             else:

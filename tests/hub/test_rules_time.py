@@ -201,3 +201,37 @@ def test_a_wrong_rules_file_names_file_line_and_what_to_fix(tmp_path: Path, rule
     message = str(info.value)
     assert says in message, message
     assert message.startswith(f"{path}:"), "the file and a line come first"
+
+
+def test_the_battery_prompt_is_spoken_once_a_day_and_only_in_waking_hours() -> None:
+    start = datetime(2026, 12, 1, 6, 0, tzinfo=BERLIN)
+    engine, clock, out, _ = make(
+        start, inactivity={"enabled": False, "waking": "07:00-21:00"}, checkin={"enabled": False}
+    )
+    low = ORIGIN.event(EventType.FAULT_BATTERY_LOW, PENDANT, 0, battery_percent=12)
+    engine.on_event(low)
+    assert out.said == [], "06:00 is before the waking window"
+    clock.advance(2 * 3600)
+    engine.on_event(low)
+    engine.on_event(low)
+    assert out.said == ["battery_low"], "once a day"
+    clock.advance(24 * 3600)
+    engine.on_event(low)
+    assert out.said == ["battery_low", "battery_low"]
+    assert out.types().count("fault.battery_low") == 4, "every report still reaches the centre"
+
+
+def test_a_pendant_fall_nobody_cancels_becomes_an_alarm_with_the_pendants_details() -> None:
+    start = datetime(2026, 12, 1, 9, 0, tzinfo=BERLIN)
+    engine, clock, out, _ = make(
+        start, inactivity={"enabled": False}, checkin={"enabled": False}, fall={"cancel_s": 30}
+    )
+    engine.on_event(ORIGIN.event(EventType.ALARM_FALL, PENDANT, 0, 7, None, source="pendant fall detector"))
+    assert out.types() == ["prealarm.fall"] and out.said == ["fall_prompt"]
+    clock.advance(29)
+    assert out.types() == ["prealarm.fall"], "still inside the window"
+    clock.advance(2)
+    fall = out.events[-1]
+    assert fall.type is EventType.ALARM_FALL and fall.device_id == "pendant"
+    assert fall.details["kind"] == "pendant" and fall.details["source"] == "pendant fall detector"
+    assert fall.details["prealarm_id"] == out.events[0].event_id and out.siren == ["emergency"]
