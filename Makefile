@@ -22,6 +22,7 @@ bench: setup
 	$(BIN)/python bench/alarm_latency.py --record
 	$(BIN)/python bench/ble_ingest.py --record
 	$(BIN)/python bench/zigbee_latency.py --record
+	$(BIN)/python bench/rules.py --record
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
