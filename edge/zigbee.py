@@ -75,6 +75,7 @@ class ZigbeeRadio:
         on_events: Callable[[list[Event]], None],
         on_radio: Callable[[bool, str], None],
         on_heard: Callable[[Device, int], None] | None = None,
+        on_activity: Callable[[Device, int], None] | None = None,
     ) -> None:
         self.config = config
         self.origin = origin
@@ -83,7 +84,7 @@ class ZigbeeRadio:
         self._on_events = on_events
         self._on_radio = on_radio
         self._on_heard = on_heard
-        self.ias = IasInterpreter(origin, config.duplicate_window_s)
+        self.ias = IasInterpreter(origin, config.duplicate_window_s, on_activity)
         self.app: Any = None
         self._lost = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -193,7 +193,8 @@ class Rules:
         elif device.kind is DeviceKind.POWER:
             kind = EventType.FAULT_POWER if active else EventType.RESTORE_POWER
         if kind is None:
-            log.debug("activity from %s", device.id)
+            if active:
+                self.on_activity(device, observed_mono_ns)
             return
         details: dict[str, Any] = {"button": "press"} if kind is EventType.ALARM_EMERGENCY else {}
         self.on_event(self.origin.event(kind, device, observed_mono_ns, None, None, **details))

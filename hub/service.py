@@ -137,7 +137,14 @@ class HubService:
         zigbee_devices = [d for d in household.devices if d.transport is Transport.ZIGBEE]
         if zigbee_devices:
             self.zigbee = ZigbeeRadio(
-                config.zigbee, origin, zigbee_devices, data_dir, self._events, self._radio("zigbee"), on_heard=heard
+                config.zigbee,
+                origin,
+                zigbee_devices,
+                data_dir,
+                self._events,
+                self._radio("zigbee"),
+                on_heard=heard,
+                on_activity=lambda device, ns: self.rules.on_activity(device, ns),
             )
             forever.append(self._forever("zigbee", self.zigbee.run))
         self.control = ControlServer(
