@@ -33,6 +33,7 @@ PROMPTS: dict[str, str] = {
     "checkin_greeting": "早上好，请按按钮报平安",
     "battery_low": "设备电量低，请联系工作人员更换电池",
     "test_ok": "测试成功",
+    "answered": "好的，收到了",
 }
 
 

@@ -13,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
+
+log = logging.getLogger(__name__)
 
 TICK_S = 30.0
 
@@ -43,10 +46,16 @@ class Clock:
         self._ticker: asyncio.TimerHandle | None = None
 
     def now(self) -> datetime:
+        """The moment, in UTC: deadlines computed from it are real durations, also across a
+        daylight-saving change (local wall-clock arithmetic would be an hour off)."""
         raise NotImplementedError
 
+    def local(self) -> datetime:
+        """The moment in the household's time zone: for daily times, waking and quiet hours."""
+        return self.now().astimezone(self.tz)
+
     def call_at(self, when: datetime, callback: Callable[[], None]) -> Timer:
-        timer = Timer(when.astimezone(self.tz), next(self._order), callback)
+        timer = Timer(when.astimezone(UTC), next(self._order), callback)
         heapq.heappush(self._timers, timer)
         self._schedule()
         return timer
@@ -57,12 +66,18 @@ class Clock:
     def run_due(self) -> int:
         """Fire every timer whose moment has come, in order. Returns how many fired."""
         fired = 0
-        while self._timers and self._timers[0].when <= self.now():
-            timer = heapq.heappop(self._timers)
-            if not timer.cancelled:
+        try:
+            while self._timers and self._timers[0].when <= self.now():
+                timer = heapq.heappop(self._timers)
+                if timer.cancelled:
+                    continue
                 fired += 1
-                timer.callback()
-        self._schedule()
+                try:
+                    timer.callback()
+                except Exception:  # one rule's failure must not stop every later timer
+                    log.exception("a timer callback failed; the other timers go on")
+        finally:
+            self._schedule()
         return fired
 
     def pending(self) -> list[Timer]:
@@ -97,7 +112,7 @@ class Clock:
 
 class SystemClock(Clock):
     def now(self) -> datetime:
-        return datetime.now(self.tz)
+        return datetime.now(UTC)
 
 
 class SimulatedClock(Clock):
@@ -111,7 +126,7 @@ class SimulatedClock(Clock):
 
     def now(self) -> datetime:
         elapsed = timedelta(seconds=time.monotonic() - self._started_mono)
-        return (self._start + elapsed + self._offset).astimezone(self.tz)
+        return (self._start + elapsed + self._offset).astimezone(UTC)
 
     def advance(self, seconds: float) -> int:
         """Move the clock forward; every timer that falls due fires, in order, at its own moment."""

@@ -142,6 +142,7 @@ class DeviceKind(StrEnum):
     CONTACT = "contact"
     MOTION = "motion"
     POWER = "power"  # a UPS HAT's "mains lost" signal on a GPIO input
+    HUB_BUTTON = "hub_button"  # the hub's own button: "I am fine", and held, silence
 
 
 class Transport(StrEnum):

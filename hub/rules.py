@@ -78,6 +78,9 @@ LOCAL_ALERTS: dict[EventType, tuple[str, str]] = {
     EventType.ALARM_INACTIVITY: ("emergency", "help_sent"),
 }
 HOLD_TO_SILENCE_S = 2.0
+LOCAL_SILENCE_S = 300.0
+TEST_MODE_MAX_MIN = 60.0
+ANSWERING_PRESS = "press"  # only a plain press says "I am fine"; long, double, hold presses call for help
 TEST_TRIGGERS = frozenset(
     {EventType.ALARM_EMERGENCY, EventType.ALARM_FALL, EventType.ALARM_FIRE, EventType.FAULT_TAMPER}
 )
@@ -145,6 +148,8 @@ class Rules:
         self.last_activity = self.clock.now()
         self._inactivity_timer: Timer | None = None
         self._button_down: int | None = None
+        self._smoky: set[str] = set()  # smoke detectors reporting smoke now
+        self._test_mode_timer: Timer | None = None
 
     # -- start-up -------------------------------------------------------------------------------
 
@@ -169,7 +174,7 @@ class Rules:
         self._daily.append(self.clock.call_at(self._next(hhmm), fire))
 
     def _next(self, hhmm: str) -> datetime:
-        now = self.clock.now()
+        now = self.clock.local()
         hour, minute = divmod(minutes(hhmm), 60)
         today = datetime.combine(now.date(), day_time(hour, minute), tzinfo=self.clock.tz)
         return (
@@ -182,7 +187,7 @@ class Rules:
 
     def on_input(self, device: Device, active: bool, observed_mono_ns: int) -> None:
         """A debounced GPIO edge (on the event loop thread): a pull-cord, the hub's own button, a smoke relay."""
-        if device.kind is DeviceKind.BUTTON and device.transport is Transport.GPIO:
+        if device.kind is DeviceKind.HUB_BUTTON:
             self._hub_button(device, active, observed_mono_ns)
             return
         kind: EventType | None = None
@@ -200,25 +205,34 @@ class Rules:
         self.on_event(self.origin.event(kind, device, observed_mono_ns, None, None, **details))
 
     def _hub_button(self, device: Device, active: bool, observed_mono_ns: int) -> None:
-        """The hub's own button: a press says "I am fine" to an open window; held for
-        HOLD_TO_SILENCE_S it silences the siren here for LOCAL_SILENCE_S (never a fire while smoke
-        persists). It is not a call for help: the cords, pendants and SOS buttons are."""
+        """The hub's own button (kind `hub_button`), decided on release: a short press says "I am
+        fine" to an open window; held for HOLD_TO_SILENCE_S it silences the siren that is sounding
+        (never while there is smoke; after LOCAL_SILENCE_S it sounds again if an alarm still waits
+        for the centre). It is not a call for help: the cords, pendants and SOS buttons are."""
         if active:
             self._button_down = observed_mono_ns
-            self.on_activity(device)
+            return
+        held_s = (observed_mono_ns - (self._button_down or observed_mono_ns)) / 1e9
+        self._button_down = None
+        self.on_activity(device)
+        if held_s < HOLD_TO_SILENCE_S:
             event = self.origin.event(EventType.ALARM_EMERGENCY, device, observed_mono_ns, None, None, button="press")
             if not self._answer(event):
                 log.info("hub button pressed; no window open")
             return
-        held_s = (observed_mono_ns - (self._button_down or observed_mono_ns)) / 1e9
-        self._button_down = None
-        if held_s < HOLD_TO_SILENCE_S:
-            return
-        if self._fire_repeat is not None:
+        if self._smoky:
             log.warning("hub button held %.1f s: the siren stays on while there is smoke", held_s)
             return
-        log.warning("hub button held %.1f s: siren silenced", held_s)
+        silenced = getattr(self.siren, "pattern", None)
+        log.warning("hub button held %.1f s: siren silenced for %g s", held_s, LOCAL_SILENCE_S)
         _safely("siren", self.siren.silence)
+
+        def sound_again() -> None:
+            if self._escalations and silenced and getattr(self.siren, "pattern", None) is None:
+                log.warning("an alarm still waits for the centre: the siren sounds again")
+                _safely("siren", self.siren.sound, silenced)
+
+        self.clock.call_later(LOCAL_SILENCE_S, sound_again)
 
     def on_activity(self, device: Device | None = None, observed_mono_ns: int | None = None) -> None:
         """Motion, a door, a press: the person is up and about."""
@@ -232,8 +246,6 @@ class Rules:
     def on_event(self, event: Event) -> None:
         """An event from any edge adapter."""
         device = self.devices.get(event.device_id or "")
-        if event.device_id and event.type in (EventType.ALARM_EMERGENCY, EventType.ALARM_FALL):
-            self.on_activity(device)
         if self.test_mode and event.device_id and event.type in TEST_TRIGGERS:
             self._walk_test(event)
             return
@@ -242,10 +254,13 @@ class Rules:
         elif event.type is EventType.ALARM_FALL and not event.details.get("after_prealarm"):
             self._prealarm(event)
         elif event.type is EventType.ALARM_FIRE:
+            self._smoky.add(event.device_id or "")
             self._alert(event)
             self._repeat_smoke()
         elif event.type is EventType.RESTORE_FIRE:
-            self._stop_fire()
+            self._smoky.discard(event.device_id or "")
+            if not self._smoky:
+                self._stop_fire()
             self._emit(event, None)
         elif event.type is EventType.FAULT_BATTERY_LOW:
             self._emit(event, None)
@@ -270,7 +285,11 @@ class Rules:
             log.info("long press on %s within %g s of its alarm: cancel.emergency", key, follow_up)
             self._emit(self._derived(event, EventType.CANCEL_EMERGENCY), None)
             return
-        if answers_windows(device) and self._answer(event):
+        answered = (
+            answers_windows(device) and event.details.get("button", "press") == ANSWERING_PRESS and self._answer(event)
+        )
+        self.on_activity(device)  # after the answer: a press must not close the window it answers
+        if answered:
             return
         self._last_help[key] = now
         self._alert(event)
@@ -318,12 +337,12 @@ class Rules:
                 self._emit(
                     self._derived(event, EventType.CANCEL_FALL, prealarm_id=window.data.get("prealarm_id")), None
                 )
-                _safely("siren", self.siren.silence)
             elif kind == "checkin":
                 self._emit(self._derived(event, EventType.INFO_CHECKIN_OK), None)
             elif kind == "reminder":
                 self._emit(self._derived(event, EventType.INFO_REMINDER_ACK, reminder=window.data["reminder"]), None)
             log.info("press on %s answered the %s window", event.device_id, kind)
+            _safely("voice", self.voice.say, "answered", False)
             return True
         return False
 
@@ -351,18 +370,18 @@ class Rules:
     def _checkin(self) -> None:
         self._speak_routine("checkin_greeting")
         deadline = self.clock.now() + timedelta(minutes=self.config.checkin.answer_min)
-        window_id = f"checkin:{self.clock.now().date().isoformat()}"
+        window_id = f"checkin:{self.clock.local().date().isoformat()}"
         self._open(_Window(window_id, "checkin", deadline, {"kind": "checkin"}))
 
     def _remind(self, reminder_id: str, text: str, answer_min: float) -> None:
         self._speak_routine(f"reminder:{reminder_id}")
         deadline = self.clock.now() + timedelta(minutes=answer_min)
-        window_id = f"reminder:{reminder_id}:{self.clock.now().date().isoformat()}"
+        window_id = f"reminder:{reminder_id}:{self.clock.local().date().isoformat()}"
         self._open(_Window(window_id, "reminder", deadline, {"kind": "reminder", "reminder": reminder_id}))
 
     def _speak_routine(self, prompt: str) -> None:
         quiet = self.config.quiet_hours
-        now = self.clock.now()
+        now = self.clock.local()
         if quiet and in_range(quiet, now.hour * 60 + now.minute):
             log.info("prompt %s held: quiet hours %s", prompt, quiet)
             return
@@ -380,7 +399,7 @@ class Rules:
     def _check_inactivity(self) -> None:
         self._inactivity_timer = None
         rule = self.config.inactivity
-        now = self.clock.now()
+        now = self.clock.local()
         if self._first_open("inactivity") is not None:
             return
         if not in_range(rule.waking, now.hour * 60 + now.minute):
@@ -400,6 +419,8 @@ class Rules:
             self._fire_repeat.cancel()
 
         def again() -> None:
+            if getattr(self.siren, "pattern", None) != "fire":
+                _safely("siren", self.siren.sound, "fire")
             _safely("voice", self.voice.say, "smoke", True)
             self._fire_repeat = self.clock.call_later(self.config.fire.repeat_s, again)
 
@@ -415,7 +436,7 @@ class Rules:
     def _battery_prompt(self, event: Event) -> None:
         if not self.config.battery_prompt:
             return
-        now = self.clock.now()
+        now = self.clock.local()
         today = now.date().isoformat()
         waking = self.config.inactivity.waking
         if self._battery_said.get(event.device_id or "") == today or not in_range(waking, now.hour * 60 + now.minute):
@@ -469,6 +490,15 @@ class Rules:
     def _first_open(self, kind: str) -> _Window | None:
         return min((w for w in self._windows.values() if w.kind == kind), key=lambda w: w.deadline, default=None)
 
+    def watch_pending(self, backlog: list[Event]) -> None:
+        """After a restart: alarms still unacknowledged are watched again, and an unacknowledged
+        fault.uplink means the outage is still open (its restore will follow the next ack)."""
+        for event in backlog:
+            if event.type.is_alarm:
+                self._watch_ack(event)
+            elif event.type is EventType.FAULT_UPLINK:
+                self._uplink_fault = True
+
     def open_windows(self) -> list[str]:
         return sorted(self._windows)
 
@@ -499,6 +529,7 @@ class Rules:
     def on_command(self, command: str, args: dict[str, Any]) -> dict[str, Any]:
         """A command from the centre that the rules own. Returns what happened, for the log."""
         if command == "silence":
+            self._smoky.clear()  # the centre knows; a new smoke report sounds again
             if self._fire_repeat is not None:
                 self._fire_repeat.cancel()
                 self._fire_repeat = None
@@ -506,6 +537,13 @@ class Rules:
             return {"silenced": True}
         return {"handled": False}
 
-    def set_test_mode(self, on: bool) -> None:
+    def set_test_mode(self, on: bool, minutes: float = TEST_MODE_MAX_MIN) -> None:
+        """The installer's walk test; it ends by itself after `minutes`, so a forgotten test mode
+        never turns a real call for help into a chirp."""
+        if self._test_mode_timer is not None:
+            self._test_mode_timer.cancel()
+            self._test_mode_timer = None
         self.test_mode = on
-        log.warning("test mode %s", "on: device triggers are walk-test events" if on else "off")
+        if on:
+            self._test_mode_timer = self.clock.call_later(minutes * 60, lambda: self.set_test_mode(False))
+        log.warning("test mode %s", f"on for {minutes:g} min: device triggers are walk-test events" if on else "off")

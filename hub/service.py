@@ -114,6 +114,7 @@ class HubService:
             log.warning("%d event(s) from before the restart still await the centre; resending", len(backlog))
         self._journal_ready.set()
         self.rules.start(await self.journal.windows())
+        self.rules.watch_pending(backlog)
 
         # 3. Radios, supervision, the local control socket and the uplink: each restarted if it dies.
         self.supervisor = Supervisor(origin, household.devices)
@@ -252,7 +253,10 @@ class HubService:
         return {"now": self.clock.now().isoformat(), "timers_fired": fired}
 
     async def _test_mode(self, request: dict[str, Any]) -> dict[str, Any]:
-        self.rules.set_test_mode(bool(request.get("on", True)))
+        on = request.get("on")
+        if not isinstance(on, bool):
+            raise ValueError('test_mode needs "on": true or false')
+        self.rules.set_test_mode(on, float(request.get("minutes", 60)))
         return {"test_mode": self.rules.test_mode}
 
     async def _status(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -328,9 +332,12 @@ class HubService:
         if event is None:
             log.debug("ack for %s ignored: not pending (already acknowledged or unknown)", event_id)
             return
-        await self.journal.mark_acked(event_id, "mqtt")
         log.info("centre acknowledged %s #%s", event.type.value, event.seq)
-        self.rules.on_acknowledged(event)
+        self.rules.on_acknowledged(event)  # first: the person hears it even if the disk is failing
+        try:
+            await self.journal.mark_acked(event_id, "mqtt")
+        except JournalError as exc:
+            log.error("%s; after a restart the event is sent again and the centre drops the copy", exc)
 
     async def _on_command(self, cmd: dict[str, Any]) -> None:
         cmd_id = cmd["cmd_id"]

@@ -48,6 +48,7 @@ GPIO_ACTIONS: dict[DeviceKind, frozenset[str]] = {
     DeviceKind.SOS: frozenset({"press", "release"}),
     DeviceKind.SMOKE: frozenset({"smoke", "clear"}),
     DeviceKind.POWER: frozenset({"mains_lost", "mains_back"}),
+    DeviceKind.HUB_BUTTON: frozenset({"press", "release"}),
 }
 _BLE_COMMON = frozenset({"battery", "silence", "resume", "replay", "spoof", "rssi", "plaintext", "tamper"})
 _BLE_BUTTONS = frozenset({"press", "double_press", "long_press"})

@@ -77,7 +77,7 @@ def _event(kind: EventType, device: Device = CORD) -> Event:
     return Event(kind, HUB, HOUSEHOLD, COUNTY, device.id)
 
 
-@pytest.mark.parametrize("kind", [DeviceKind.PULLCORD, DeviceKind.SOS, DeviceKind.PENDANT])
+@pytest.mark.parametrize("kind", [DeviceKind.PULLCORD, DeviceKind.BUTTON, DeviceKind.SOS, DeviceKind.PENDANT])
 def test_a_call_for_help_sounds_the_siren_and_speaks_before_anything_is_emitted(
     rules: Rules, log: Recorder, kind: DeviceKind
 ) -> None:

@@ -19,7 +19,7 @@ from hub.rules import Rules
 BERLIN = ZoneInfo("Europe/Berlin")
 ORIGIN = Origin("hub-1", "hh-1", "minle")
 PENDANT = Device("pendant", DeviceKind.PENDANT, Transport.BLE, mac="A4:C1:38:00:00:01")
-HUB_BUTTON = Device("hub-button", DeviceKind.BUTTON, Transport.GPIO, pin=5)
+HUB_BUTTON = Device("hub-button", DeviceKind.HUB_BUTTON, Transport.GPIO, pin=5)
 SMOKE = Device("smoke", DeviceKind.SMOKE, Transport.GPIO, pin=23)
 
 
@@ -114,8 +114,9 @@ def test_the_checkin_is_at_nine_local_time_every_day_across_the_daylight_saving_
     )
     engine.start()
     greetings: list[datetime] = []
-    for _ in range(4):
-        clock.advance(3600 * 24)
+    for day in (27, 28, 29, 30):  # 10:00 local each day; the night of the 28th is an hour shorter
+        target = datetime(2026, 3, day, 10, 0, tzinfo=BERLIN)
+        clock.advance((target - clock.now()).total_seconds())
         greetings += [e.occurred_at for e in out.events if e.type is EventType.ALARM_CHECKIN_MISSED]
         out.events.clear()
     local = [g.astimezone(BERLIN) for g in greetings]
@@ -235,3 +236,52 @@ def test_a_pendant_fall_nobody_cancels_becomes_an_alarm_with_the_pendants_detail
     assert fall.type is EventType.ALARM_FALL and fall.device_id == "pendant"
     assert fall.details["kind"] == "pendant" and fall.details["source"] == "pendant fall detector"
     assert fall.details["prealarm_id"] == out.events[0].event_id and out.siren == ["emergency"]
+
+
+def test_only_a_plain_press_answers_and_the_answer_is_spoken() -> None:
+    start = datetime(2026, 12, 1, 8, 59, tzinfo=BERLIN)
+    engine, clock, out, _ = make(start, checkin={"at": "09:00"}, inactivity={"enabled": False})
+    engine.start()
+    clock.advance(120)
+    engine.on_event(ORIGIN.event(EventType.ALARM_EMERGENCY, PENDANT, 0, button="long_press"))
+    assert out.types()[0] == "alarm.emergency", "a long press calls for help even during the check-in"
+    press(engine)
+    assert "info.checkin_ok" in out.types() and out.said[-1] == "answered"
+
+
+def test_answering_the_inactivity_prompt_is_not_an_emergency() -> None:
+    start = datetime(2026, 12, 1, 8, 0, tzinfo=BERLIN)
+    engine, clock, out, _ = make(start, checkin={"enabled": False}, inactivity={"hours": 1, "answer_min": 10})
+    engine.start()
+    clock.advance(3600 + 60)
+    assert out.said == ["inactivity_prompt"]
+    press(engine)
+    assert out.types() == [] and out.siren == [], "the press answered the prompt"
+    clock.advance(15 * 60)
+    assert "alarm.inactivity" not in out.types()
+
+
+def test_one_detector_clearing_does_not_silence_another_that_still_sees_smoke() -> None:
+    start = datetime(2026, 12, 1, 9, 0, tzinfo=BERLIN)
+    engine, clock, out, _ = make(start, checkin={"enabled": False}, inactivity={"enabled": False})
+    kitchen = Device("kitchen", DeviceKind.SMOKE, Transport.GPIO, pin=23)
+    bedroom = Device("bedroom", DeviceKind.SMOKE, Transport.GPIO, pin=24)
+    engine.on_input(kitchen, True, 0)
+    engine.on_input(bedroom, True, 0)
+    engine.on_input(kitchen, False, 0)
+    assert out.pattern == "fire"
+    clock.advance(31)
+    assert out.said.count("smoke") == 3, "two alarms and a repeat: the bedroom still smokes"
+    engine.on_input(bedroom, False, 0)
+    assert out.pattern is None
+
+
+def test_test_mode_ends_by_itself() -> None:
+    start = datetime(2026, 12, 1, 9, 0, tzinfo=BERLIN)
+    engine, clock, out, _ = make(start, checkin={"enabled": False}, inactivity={"enabled": False})
+    engine.set_test_mode(True, minutes=30)
+    press(engine, Device("cord", DeviceKind.PULLCORD, Transport.GPIO, pin=17))
+    assert out.types() == ["test.walk"]
+    clock.advance(31 * 60)
+    press(engine, Device("cord", DeviceKind.PULLCORD, Transport.GPIO, pin=17))
+    assert out.types()[-1] == "alarm.emergency" and out.pattern == "emergency"
