@@ -11,7 +11,6 @@ time: a 12-hour inactivity rule is tested in milliseconds.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import logging
 import time
@@ -26,17 +25,20 @@ TICK_S = 30.0
 
 @dataclass(order=True)
 class Timer:
-    when: datetime
+    when: datetime  # the wall moment (UTC); for a relative timer, when it was expected to fire
     order: int
     callback: Callable[[], None] = field(compare=False)
     cancelled: bool = field(default=False, compare=False)
+    due_mono: float | None = field(default=None, compare=False)  # relative timers: a monotonic deadline
 
     def cancel(self) -> None:
         self.cancelled = True
 
 
 class Clock:
-    """Timers on wall time; subclasses say what `now` is."""
+    """Timers on wall time (`call_at`: daily routines, deadlines saved across a restart) and on
+    elapsed time (`call_later`: a fall's cancel window, escalation, fire repeats); subclasses say
+    what `now` and `monotonic` are. A hub has tens of timers: a list scanned in order is enough."""
 
     def __init__(self, tz: tzinfo) -> None:
         self.tz = tz
@@ -50,27 +52,43 @@ class Clock:
         daylight-saving change (local wall-clock arithmetic would be an hour off)."""
         raise NotImplementedError
 
+    def monotonic(self) -> float:
+        return time.monotonic()
+
     def local(self) -> datetime:
         """The moment in the household's time zone: for daily times, waking and quiet hours."""
         return self.now().astimezone(self.tz)
 
     def call_at(self, when: datetime, callback: Callable[[], None]) -> Timer:
-        timer = Timer(when.astimezone(UTC), next(self._order), callback)
-        heapq.heappush(self._timers, timer)
+        return self._add(Timer(when.astimezone(UTC), next(self._order), callback))
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Timer:
+        """After `seconds` of elapsed time, whatever the wall clock does meanwhile (NTP, an RTC-less
+        Pi setting its time at boot)."""
+        when = self.now() + timedelta(seconds=seconds)
+        return self._add(Timer(when, next(self._order), callback, due_mono=self.monotonic() + seconds))
+
+    def _add(self, timer: Timer) -> Timer:
+        self._timers.append(timer)
         self._schedule()
         return timer
 
-    def call_later(self, seconds: float, callback: Callable[[], None]) -> Timer:
-        return self.call_at(self.now() + timedelta(seconds=seconds), callback)
+    def _seconds_left(self, timer: Timer) -> float:
+        if timer.due_mono is not None:
+            return timer.due_mono - self.monotonic()
+        return (timer.when - self.now()).total_seconds()
 
     def run_due(self) -> int:
         """Fire every timer whose moment has come, in order. Returns how many fired."""
         fired = 0
         try:
-            while self._timers and self._timers[0].when <= self.now():
-                timer = heapq.heappop(self._timers)
-                if timer.cancelled:
-                    continue
+            while True:
+                self._timers = [t for t in self._timers if not t.cancelled]
+                due = [t for t in self._timers if self._seconds_left(t) <= 0]
+                if not due:
+                    break
+                timer = min(due, key=lambda t: (self._seconds_left(t), t.order))
+                self._timers.remove(timer)
                 fired += 1
                 try:
                     timer.callback()
@@ -94,7 +112,7 @@ class Clock:
             self._wakeup = None
         live = [t for t in self._timers if not t.cancelled]
         if live:
-            delay = max(0.0, (min(live).when - self.now()).total_seconds())
+            delay = max(0.0, min(self._seconds_left(t) for t in live))
             self._wakeup = loop.call_later(min(delay, TICK_S), self.run_due)
         if self._ticker is None:
             self._ticker = loop.call_later(TICK_S, self._tick)
@@ -128,19 +146,24 @@ class SimulatedClock(Clock):
         elapsed = timedelta(seconds=time.monotonic() - self._started_mono)
         return (self._start + elapsed + self._offset).astimezone(UTC)
 
+    def monotonic(self) -> float:
+        return time.monotonic() + self._offset.total_seconds()
+
     def advance(self, seconds: float) -> int:
         """Move the clock forward; every timer that falls due fires, in order, at its own moment."""
-        target = self.now() + timedelta(seconds=seconds)
+        target = self.monotonic() + seconds
         fired = 0
         while True:
             live = [t for t in self._timers if not t.cancelled]
-            if not live or min(live).when > target:
+            if not live:
                 break
-            step = min(live).when - self.now()
-            if step > timedelta():
-                self._offset += step
+            step = min(self._seconds_left(t) for t in live)
+            if self.monotonic() + step > target:
+                break
+            if step > 0:
+                self._offset += timedelta(seconds=step)
             fired += self.run_due()
-        remaining = target - self.now()
-        if remaining > timedelta():
-            self._offset += remaining
+        remaining = target - self.monotonic()
+        if remaining > 0:
+            self._offset += timedelta(seconds=remaining)
         return fired

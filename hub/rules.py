@@ -139,7 +139,7 @@ class Rules:
         self._store = windows
         self.test_mode = False
         self._windows: dict[str, _Window] = {}
-        self._last_help: dict[str, datetime] = {}  # device -> its last alarm.emergency
+        self._last_help: dict[str, float] = {}  # device -> clock.monotonic() of its last alarm.emergency
         self._fire_repeat: Timer | None = None
         self._escalations: dict[str, Timer] = {}
         self._uplink_fault = False
@@ -273,15 +273,11 @@ class Rules:
     # -- the rules -------------------------------------------------------------------------------
 
     def _emergency(self, event: Event, device: Device | None) -> None:
-        now = self.clock.now()
+        now = self.clock.monotonic()
         key = event.device_id or ""
         last = self._last_help.get(key)
         follow_up = self.config.emergency.cancel_long_press_s
-        if (
-            event.details.get("button") == "long_press"
-            and last is not None
-            and now - last <= timedelta(seconds=follow_up)
-        ):
+        if event.details.get("button") == "long_press" and last is not None and now - last <= follow_up:
             log.info("long press on %s within %g s of its alarm: cancel.emergency", key, follow_up)
             self._emit(self._derived(event, EventType.CANCEL_EMERGENCY), None)
             return
@@ -475,7 +471,14 @@ class Rules:
     # -- windows -----------------------------------------------------------------------------------
 
     def _open(self, window: _Window, persist: bool = True) -> None:
-        window.timer = self.clock.call_at(window.deadline, lambda: self._expired(window))
+        # A window opened now runs on elapsed time (a clock set back or forward does not stretch
+        # or cut it); one resumed after a restart can only go by the wall deadline it saved.
+        expire = lambda: self._expired(window)  # noqa: E731
+        if persist:
+            seconds = (window.deadline - self.clock.now()).total_seconds()
+            window.timer = self.clock.call_later(max(0.0, seconds), expire)
+        else:
+            window.timer = self.clock.call_at(window.deadline, expire)
         self._windows[window.id] = window
         if persist and self._store is not None:
             self._store.save(window.id, window.deadline, window.data)

@@ -285,3 +285,39 @@ def test_test_mode_ends_by_itself() -> None:
     clock.advance(31 * 60)
     press(engine, Device("cord", DeviceKind.PULLCORD, Transport.GPIO, pin=17))
     assert out.types()[-1] == "alarm.emergency" and out.pattern == "emergency"
+
+
+def test_a_fall_window_lasts_its_30_seconds_whatever_the_wall_clock_does() -> None:
+    class JumpyClock(Clock):
+        def __init__(self) -> None:
+            super().__init__(BERLIN)
+            self.wall = datetime(2026, 12, 1, 9, 0, tzinfo=BERLIN)
+            self.mono = 1000.0
+
+        def now(self) -> datetime:
+            return self.wall
+
+        def monotonic(self) -> float:
+            return self.mono
+
+    clock = JumpyClock()
+    out = Outputs()
+    config = RulesConfig.model_validate(
+        {
+            "timezone": "Europe/Berlin",
+            "checkin": {"enabled": False},
+            "inactivity": {"enabled": False},
+            "fall": {"cancel_s": 30},
+        }
+    )
+    engine = Rules(ORIGIN, out, out, out, out.emit, config, clock, {PENDANT.id: PENDANT}, Store())
+    engine.on_event(ORIGIN.event(EventType.ALARM_FALL, PENDANT, 0))
+    clock.wall -= timedelta(hours=1)  # NTP sets the clock back an hour
+    clock.mono += 31
+    clock.run_due()
+    assert out.types() == ["prealarm.fall", "alarm.fall"], "the alarm comes after 30 s, not an hour later"
+    engine.on_event(ORIGIN.event(EventType.ALARM_EMERGENCY, PENDANT, 0, button="press"))
+    clock.wall -= timedelta(hours=5)
+    clock.mono += 20 * 60
+    engine.on_event(ORIGIN.event(EventType.ALARM_EMERGENCY, PENDANT, 0, button="long_press"))
+    assert out.types()[-1] == "alarm.emergency", "20 real minutes later a long press is a new call, not a cancel"
