@@ -118,6 +118,21 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="ask the running hub what it is doing (radios, pending events)")
     status.add_argument("--config", type=Path, required=True, help="the running hub's configuration (TOML)")
 
+    certs = sub.add_parser("certs", help="the county CA and per-hub certificates (mutual TLS)")
+    certs_sub = certs.add_subparsers(dest="certs_command", metavar="ACTION", required=True)
+    init_ca = certs_sub.add_parser("init-ca", help="create the county CA (key written 0600)")
+    init_ca.add_argument("--dir", type=Path, required=True, help="where the CA key and certificate go")
+    init_ca.add_argument("--county", required=True, help="the county id, e.g. minle")
+    init_ca.add_argument("--days", type=int, default=3650)
+    issue = certs_sub.add_parser("issue", help="issue a key and certificate signed by the county CA")
+    issue.add_argument("name", help="the hub id (or centre id, or broker host name): the certificate's CN")
+    issue.add_argument("--ca", type=Path, required=True, help="the CA directory (from init-ca)")
+    issue.add_argument("--out", type=Path, required=True, help="where the key and certificate go")
+    issue.add_argument("--kind", choices=["hub", "centre", "broker"], default="hub")
+    issue.add_argument("--dns", action="append", default=[], help="broker: a DNS name (repeatable)")
+    issue.add_argument("--ip", action="append", default=[], help="broker: an IP address (repeatable)")
+    issue.add_argument("--force", action="store_true", help="replace an existing key")
+
     config = sub.add_parser("config", help="check a configuration file without starting anything")
     config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     check = config_sub.add_parser("check", help="validate a hub configuration; exit 2 with file:line: field: fix")
@@ -142,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(config.devices)} device(s)"
             )
             return 0
+        if args.command == "certs":
+            return _certs(args)
         if args.command in ("pair", "status"):
             return _control(args)
         if args.command == "decode":
@@ -157,6 +174,30 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 2
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from cloud_bridge.certs import init_ca, issue
+
+    try:
+        if args.certs_command == "init-ca":
+            ca = init_ca(args.dir, args.county, args.days)
+            print(f"county CA created: {ca.cert} (key {ca.key}, mode 0600)")
+        else:
+            files = issue(
+                args.ca,
+                args.name,
+                args.out,
+                kind=args.kind,
+                dns_names=tuple(args.dns),
+                ip_addresses=tuple(args.ip),
+                force=args.force,
+            )
+            print(f"{args.kind} certificate for {args.name}: {files.cert} (key {files.key}, mode 0600)")
+    except (ValueError, OSError) as exc:
+        print(f"anju certs: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _control(args: argparse.Namespace) -> int:

@@ -1,0 +1,317 @@
+"""Mutual TLS and the topic ACL against a real mosquitto (cloud_bridge.certs, cloud_bridge.broker_config).
+
+One county CA issues the broker's certificate (for 127.0.0.1), two hubs' and the centre's; a
+private mosquitto listens with the generated TLS listener and ACL on a free port. What mosquitto
+2.0.11 does, as these tests pin it down, under MQTT 5:
+
+* a PUBLISH the ACL denies: QoS 1 gets PUBACK reason code 0x87 (Not authorized), QoS 0 is dropped
+  silently; neither is delivered;
+* a SUBSCRIBE outside the ACL is *granted* (SUBACK 0x01): mosquitto's acl_file checks read access
+  when it delivers each message, not when a client subscribes, so nothing is delivered through it.
+
+Waits are event-driven with timeouts: a "marker" message sent after the one that must not arrive
+proves, when it arrives, that the other would have arrived before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from paho.mqtt.reasoncodes import ReasonCode
+
+from cloud_bridge.broker_config import acl, mosquitto_tls_config
+from cloud_bridge.certs import CaFiles, CertFiles, init_ca, issue
+from cloud_bridge.mqtt import mqtt_client
+from simulator.broker import PrivateBroker, free_port
+
+COUNTY = "anxi"
+HUB1, HUB2, CENTRE = "hub-1", "hub-2", "centre-anxi"
+WAIT = 5.0
+
+
+@dataclass
+class Pki:
+    ca: CaFiles
+    broker: CertFiles
+    hub1: CertFiles
+    hub2: CertFiles
+    centre: CertFiles
+    stranger: CertFiles  # a hub certificate from another CA
+    rogue_broker: CertFiles  # a broker certificate for 127.0.0.1 from another CA
+
+
+@dataclass
+class County:
+    pki: Pki
+    port: int
+
+
+def topic(hub: str, kind: str) -> str:
+    return f"anju/v1/{COUNTY}/{hub}/{kind}"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    root = tmp_path_factory.mktemp("pki")
+    ca = init_ca(root / "ca", COUNTY)
+    other = root / "other-ca"
+    init_ca(other, "elsewhere")
+    certs = root / "certs"
+    return Pki(
+        ca=ca,
+        broker=issue(
+            ca.cert.parent, "127.0.0.1", certs, kind="broker", dns_names=["localhost"], ip_addresses=["127.0.0.1"]
+        ),
+        hub1=issue(ca.cert.parent, HUB1, certs, kind="hub"),
+        hub2=issue(ca.cert.parent, HUB2, certs, kind="hub"),
+        centre=issue(ca.cert.parent, CENTRE, certs, kind="centre"),
+        stranger=issue(other, HUB1, root / "stranger", kind="hub"),
+        rogue_broker=issue(other, "127.0.0.1", root / "rogue", kind="broker", ip_addresses=["127.0.0.1"]),
+    )
+
+
+def start_broker(workdir: Path, pki: Pki, broker_cert: CertFiles) -> tuple[PrivateBroker, int]:
+    workdir.mkdir(parents=True)
+    acl_file = workdir / "acl"
+    acl_file.write_text(acl(COUNTY, [HUB1, HUB2], [CENTRE]))
+    port = free_port()
+    # Run as root, mosquitto drops to the `mosquitto` user and could no longer read its 0600 key.
+    user = "user root\n" if os.geteuid() == 0 else ""
+    config = user + mosquitto_tls_config(
+        port, pki.ca.cert, broker_cert.cert, broker_cert.key, acl_file, COUNTY, bind="127.0.0.1"
+    )
+    broker = PrivateBroker(workdir, extra_config=config)
+    broker.start()  # waits for its plain listener; both listeners open before mosquitto serves either
+    return broker, port
+
+
+@pytest.fixture(scope="module")
+def county(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[County]:
+    broker, port = start_broker(tmp_path_factory.mktemp("broker") / "county", pki, pki.broker)
+    try:
+        yield County(pki, port)
+    finally:
+        broker.stop()
+
+
+def tls(ca: Path, client: CertFiles | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca))
+    if client is not None:
+        context.load_cert_chain(client.cert, client.key)
+    return context
+
+
+def client(county: County, identity: CertFiles | None, client_id: str, **options: Any) -> aiomqtt.Client:
+    return mqtt_client("127.0.0.1", county.port, client_id, tls_context=tls(county.pki.ca.cert, identity), **options)
+
+
+async def next_message(mqtt: aiomqtt.Client) -> aiomqtt.Message:
+    async with asyncio.timeout(WAIT):
+        return await anext(aiter(mqtt.messages))
+
+
+def values(codes: Iterable[int | ReasonCode]) -> list[int]:
+    return [code if isinstance(code, int) else int(code.value) for code in codes]
+
+
+def record_pubacks(mqtt: aiomqtt.Client) -> list[int]:
+    """The reason code of each PUBACK: aiomqtt's publish() ignores it, so hook paho's callback."""
+    codes: list[int] = []
+    paho: Any = mqtt._client
+    original = paho.on_publish
+
+    def on_publish(c: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        codes.append(int(reason_code.value))
+        original(c, userdata, mid, reason_code, properties)
+
+    paho.on_publish = on_publish
+    return codes
+
+
+# --- files ------------------------------------------------------------------------------------------
+
+
+def test_keys_are_0600_and_certificates_say_what_they_are(pki: Pki) -> None:
+    for files in (pki.ca, pki.broker, pki.hub1, pki.centre):
+        assert stat.S_IMODE(files.key.stat().st_mode) == 0o600, files.key
+    ca = x509.load_pem_x509_certificate(pki.ca.cert.read_bytes())
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    usage = ca.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.key_cert_sign and usage.crl_sign
+    hub = x509.load_pem_x509_certificate(pki.hub1.cert.read_bytes())
+    assert hub.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == HUB1
+    assert hub.issuer == ca.subject
+    assert list(hub.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.CLIENT_AUTH
+    ]
+    server = x509.load_pem_x509_certificate(pki.broker.cert.read_bytes())
+    assert list(server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.SERVER_AUTH
+    ]
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+
+
+def test_issue_refuses_to_overwrite_and_bad_names(pki: Pki, tmp_path: Path) -> None:
+    ca_dir = pki.ca.cert.parent
+    with pytest.raises(FileExistsError, match="force=True"):
+        issue(ca_dir, HUB1, pki.hub1.key.parent, kind="hub")
+    with pytest.raises(FileExistsError, match="force=True"):
+        init_ca(ca_dir, COUNTY)
+    for bad in ("Hub-1", "-hub", "hub/1", "hub+", "", "h" * 64):
+        with pytest.raises(ValueError, match="invalid hub id"):
+            issue(ca_dir, bad, tmp_path, kind="hub")
+    with pytest.raises(FileNotFoundError, match="init_ca"):
+        issue(tmp_path / "no-ca", HUB1, tmp_path, kind="hub")
+    with pytest.raises(ValueError, match=r"CA .* expires"):
+        issue(ca_dir, "hub-9", tmp_path, kind="hub", days=4000)
+
+    first = issue(ca_dir, "hub-9", tmp_path, kind="hub")
+    first.key.chmod(0o644)  # a key someone loosened: force writes a new file, created 0600
+    before = first.key.read_bytes()
+    again = issue(ca_dir, "hub-9", tmp_path, kind="hub", force=True)
+    assert again.key.read_bytes() != before
+    assert stat.S_IMODE(again.key.stat().st_mode) == 0o600
+    assert not [path for path in tmp_path.iterdir() if path.name.endswith(".tmp")]
+
+
+def test_acl_names_each_hub_and_the_centre() -> None:
+    text = acl(COUNTY, [HUB1], [CENTRE])
+    block = text.split(f"user {HUB1}\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert block == [
+        f"topic write {topic(HUB1, 'event')}",
+        f"topic write {topic(HUB1, 'status')}",
+        f"topic write {topic(HUB1, 'heartbeat')}",
+        f"topic read {topic(HUB1, 'ack')}",
+        f"topic read {topic(HUB1, 'cmd')}",
+    ]
+    assert "topic read anju/v1/+/+/event" in text and "topic write anju/v1/+/+/ack" in text
+    with pytest.raises(ValueError, match="hub id"):
+        acl(COUNTY, ["hub/#"], [CENTRE])
+    with pytest.raises(ValueError, match="both"):
+        acl(COUNTY, [HUB1], [HUB1])
+
+
+# --- the broker --------------------------------------------------------------------------------------
+
+
+async def test_hub_event_reaches_centre_through_shared_subscription(county: County) -> None:
+    async with client(county, county.pki.centre, "centre-w1") as centre, client(county, county.pki.hub1, HUB1) as hub:
+        granted = await centre.subscribe("$share/centre/anju/v1/+/+/event", qos=1)
+        assert values(granted) == [1]
+        await hub.publish(topic(HUB1, "event"), b'{"n": 1}', qos=1)
+        message = await next_message(centre)
+        assert (str(message.topic), message.payload) == (topic(HUB1, "event"), b'{"n": 1}')
+
+
+async def test_hub_cannot_publish_on_another_hubs_topic(county: County) -> None:
+    async with client(county, county.pki.centre, "centre-w2") as centre, client(county, county.pki.hub2, HUB2) as hub2:
+        await centre.subscribe("$share/centre/anju/v1/+/+/event", qos=1)
+        await centre.subscribe("anju/v1/+/+/status", qos=1)
+        codes = record_pubacks(hub2)
+        await hub2.publish(topic(HUB1, "event"), b"forged-1", qos=1)
+        await hub2.publish(topic(HUB1, "event"), b"forged-0", qos=0)
+        await hub2.publish(topic(HUB1, "status"), b"forged-status", qos=1, retain=True)
+        await hub2.publish(topic(HUB2, "event"), b"marker", qos=1)
+        # QoS 1: PUBACK 0x87 (Not authorized). QoS 0 has no PUBACK: paho reports 0 once it has sent it.
+        assert codes == [0x87, 0x00, 0x87, 0x00]
+        message = await next_message(centre)
+        assert (str(message.topic), message.payload) == (topic(HUB2, "event"), b"marker")
+
+
+async def test_hub_cannot_read_another_hubs_commands(county: County) -> None:
+    async with (
+        client(county, county.pki.centre, "centre-w3") as centre,
+        client(county, county.pki.hub1, HUB1) as hub1,
+        client(county, county.pki.hub2, HUB2) as hub2,
+    ):
+        await hub1.subscribe(topic(HUB1, "cmd"), qos=1)
+        # Granted all the same: mosquitto's acl_file checks read access on delivery, not on SUBSCRIBE.
+        granted = await hub2.subscribe([(topic(HUB1, "cmd"), 1), (topic(HUB1, "ack"), 1), ("#", 1)])
+        assert values(granted) == [1, 1, 1]
+        codes = record_pubacks(centre)
+        await centre.publish(topic(HUB1, "cmd"), b"for-hub-1", qos=1)
+        await centre.publish(topic(HUB1, "ack"), b"ack-hub-1", qos=1)
+        await hub1.publish(topic(HUB1, "event"), b"event-hub-1", qos=1)
+        await centre.publish(topic(HUB2, "cmd"), b"marker", qos=1)
+        assert codes == [0, 0, 0]
+        assert (await next_message(hub1)).payload == b"for-hub-1"
+        message = await next_message(hub2)  # the first thing hub-2 gets is its own command
+        assert (str(message.topic), message.payload) == (topic(HUB2, "cmd"), b"marker")
+
+
+async def test_centre_cannot_publish_events_as_a_hub(county: County) -> None:
+    async with client(county, county.pki.centre, "centre-w4") as centre:
+        codes = record_pubacks(centre)
+        await centre.publish(topic(HUB1, "event"), b"x", qos=1)
+        await centre.publish(topic(HUB1, "ack"), b"y", qos=1)
+        assert codes == [0x87, 0x10]  # allowed, and 0x10 "No matching subscribers": no hub listens
+
+
+async def tls_refusal(county: County, identity: CertFiles | None) -> str:
+    """Connect over TLS and return the TLS alert the broker answers with.
+
+    Under TLS 1.3 the client's handshake completes before the broker has checked the client's
+    certificate; its verdict arrives as an alert on the first read. (Nothing is written: the
+    broker may already have closed the connection, and a write would fail with ECONNRESET.)"""
+    reader, writer = await asyncio.open_connection("127.0.0.1", county.port, ssl=tls(county.pki.ca.cert, identity))
+    try:
+        async with asyncio.timeout(WAIT):
+            with pytest.raises(ssl.SSLError) as caught:
+                await reader.read(64)
+        return str(caught.value.reason)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("who", "alert"),
+    [("no certificate", "TLSV13_ALERT_CERTIFICATE_REQUIRED"), ("another CA's", "TLSV1_ALERT_UNKNOWN_CA")],
+)
+async def test_client_without_a_county_certificate_is_refused(county: County, who: str, alert: str) -> None:
+    identity = None if who == "no certificate" else county.pki.stranger
+    assert await tls_refusal(county, identity) == alert
+    # Through aiomqtt the same refusal shows only as a timeout: paho logs the alert ("failed to receive
+    # on socket") but aiomqtt's connect keeps waiting for a CONNACK until its timeout.
+    with pytest.raises(aiomqtt.MqttError, match="timed out"):
+        async with client(county, identity, HUB1, timeout=1):
+            pass
+
+
+async def test_hub_refuses_a_broker_with_a_certificate_from_another_ca(pki: Pki, tmp_path: Path) -> None:
+    broker, port = start_broker(tmp_path / "rogue", pki, pki.rogue_broker)
+    try:
+        context = tls(pki.ca.cert, pki.hub1)
+        with pytest.raises(aiomqtt.MqttError) as caught:
+            async with mqtt_client("127.0.0.1", port, HUB1, tls_context=context, timeout=WAIT):
+                pass
+        assert "certificate verify failed" in str(caught.value) or isinstance(
+            caught.value.__cause__, ssl.SSLCertVerificationError
+        )
+    finally:
+        broker.stop()
+
+
+def test_the_certs_command_creates_a_ca_and_a_hub_certificate_and_refuses_to_overwrite(tmp_path, capsys) -> None:
+    from hub.cli import main
+
+    assert main(["certs", "init-ca", "--dir", str(tmp_path / "ca"), "--county", "minle"]) == 0
+    args = ["certs", "issue", "hub-0001", "--ca", str(tmp_path / "ca"), "--out", str(tmp_path / "hubs")]
+    assert main(args) == 0
+    assert (tmp_path / "hubs" / "hub-0001.key").stat().st_mode & 0o777 == 0o600
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert main([*args, "--force"]) == 0
