@@ -17,9 +17,11 @@ import json
 import logging
 import random
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -36,6 +38,13 @@ log = logging.getLogger(__name__)
 # paho-mqtt leaves Nagle's algorithm on. An MQTT client that writes two small packets in a row (a
 # PUBACK, then its own PUBLISH) then waits for the peer's delayed TCP ACK: ~40 ms on every ack.
 NO_DELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+
+
+def tls_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
+    """Mutual TLS: trust only the county CA (host name checked), present our own certificate."""
+    context = ssl.create_default_context(cafile=str(ca))
+    context.load_cert_chain(str(cert), str(key))
+    return context
 
 
 def mqtt_client(host: str, port: int, identifier: str, **options: Any) -> aiomqtt.Client:
@@ -137,6 +146,11 @@ class MqttUplink:
                 self.hub_id,
                 will=will,
                 keepalive=self.config.keepalive_s,
+                tls_context=(
+                    tls_context(self.config.tls.ca, self.config.tls.cert, self.config.tls.key)
+                    if self.config.tls
+                    else None
+                ),
                 clean_start=False,
                 properties=_session_expiry(SESSION_EXPIRY_S),
             ) as client:

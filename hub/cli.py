@@ -84,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     centre.add_argument("--centre-id", default="centre-1", help="this worker's name in acks (default: %(default)s)")
     centre.add_argument("--no-ack", action="store_true", help="record events but never acknowledge (fault tests)")
     centre.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    centre.add_argument("--ca", type=Path, help="mutual TLS: the county CA certificate")
+    centre.add_argument(
+        "--cert", type=Path, help="mutual TLS: this centre's certificate (anju certs issue --kind centre)"
+    )
+    centre.add_argument("--key", type=Path, help="mutual TLS: this centre's key")
 
     decode = sub.add_parser("decode", help="decode wire bytes for a person (bthome …)")
     decode_sub = decode.add_subparsers(dest="decode_kind", metavar="FORMAT", required=True)
@@ -279,10 +284,17 @@ def _decode_znp(args: argparse.Namespace) -> int:
 
 
 def _centre(args: argparse.Namespace) -> int:
+    from cloud_bridge.mqtt import tls_context
     from hub.notify import sd_notify
     from simulator.centre import Centre
 
-    centre = Centre(args.host, args.port, args.db, args.centre_id, acknowledge=not args.no_ack)
+    tls = None
+    if args.ca or args.cert or args.key:
+        if not (args.ca and args.cert and args.key):
+            print("anju centre: mutual TLS needs --ca, --cert and --key together", file=sys.stderr)
+            return 2
+        tls = tls_context(args.ca, args.cert, args.key)
+    centre = Centre(args.host, args.port, args.db, args.centre_id, acknowledge=not args.no_ack, tls=tls)
     try:
         asyncio.run(centre.run(on_ready=lambda: sd_notify("READY=1")))
     except KeyboardInterrupt:

@@ -135,8 +135,18 @@ class AudioConfig(_Strict):
     record_file: Path | None = Field(None, description="with player=record: where each playback is written")
 
 
+class MqttTls(_Strict):
+    """Mutual TLS with the county broker: the county CA, and this hub's own key and certificate
+    (`anju certs issue HUB_ID`). The hub checks the broker's certificate and host name."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
 class MqttConfig(_Strict):
     host: str = "127.0.0.1"
+    tls: MqttTls | None = None
     port: int = Field(1883, ge=1, le=65535)
     keepalive_s: int = Field(30, ge=5, le=600)
     heartbeat_s: float = Field(60.0, gt=0, le=3600)

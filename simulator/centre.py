@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import sqlite3
+import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,12 +138,19 @@ class CentreStore:
 
 class Centre:
     def __init__(
-        self, host: str, port: int, db_path: Path, centre_id: str = "centre-1", acknowledge: bool = True
+        self,
+        host: str,
+        port: int,
+        db_path: Path,
+        centre_id: str = "centre-1",
+        acknowledge: bool = True,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.centre_id = centre_id
         self.acknowledge = acknowledge
+        self.tls = tls
         self.store = CentreStore(db_path)
         self.connected = asyncio.Event()
 
@@ -151,7 +159,9 @@ class Centre:
         delay = 0.2
         while True:
             try:
-                async with mqtt_client(self.host, self.port, f"{self.centre_id}-{os.getpid()}", keepalive=30) as client:
+                async with mqtt_client(
+                    self.host, self.port, f"{self.centre_id}-{os.getpid()}", keepalive=30, tls_context=self.tls
+                ) as client:
                     await client.subscribe(EVENT_FILTER, qos=1)
                     await client.subscribe(STATUS_FILTER, qos=1)
                     await client.subscribe(HEARTBEAT_FILTER, qos=0)

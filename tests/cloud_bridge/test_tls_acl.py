@@ -315,3 +315,44 @@ def test_the_certs_command_creates_a_ca_and_a_hub_certificate_and_refuses_to_ove
     assert main(args) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
     assert main([*args, "--force"]) == 0
+
+
+async def test_the_hubs_own_uplink_and_the_centre_work_over_mutual_tls(county: County, tmp_path: Path) -> None:
+    """The real MqttUplink and Centre, configured for mutual TLS: an alarm is delivered and acknowledged."""
+    from cloud_bridge.mqtt import MqttUplink, tls_context
+    from cloud_bridge.outbox import Outbox
+    from hub.config import MqttConfig, MqttTls
+    from hub.model import Event, EventType
+    from simulator.centre import Centre
+
+    pki = county.pki
+    centre = Centre(
+        "127.0.0.1",
+        county.port,
+        tmp_path / "centre.sqlite3",
+        CENTRE,
+        tls=tls_context(pki.ca.cert, pki.centre.cert, pki.centre.key),
+    )
+    outbox = Outbox()
+    acked = asyncio.Event()
+
+    async def on_ack(event_id: str, body: dict[str, Any]) -> None:
+        if outbox.ack(event_id):
+            acked.set()
+
+    async def on_command(body: dict[str, Any]) -> None: ...
+
+    config = MqttConfig(
+        host="127.0.0.1", port=county.port, tls=MqttTls(ca=pki.ca.cert, cert=pki.hub1.cert, key=pki.hub1.key)
+    )
+    uplink = MqttUplink(config, HUB1, COUNTY, outbox, on_ack, on_command)
+    tasks = [asyncio.create_task(centre.run()), asyncio.create_task(uplink.run())]
+    try:
+        await asyncio.wait_for(centre.connected.wait(), WAIT)
+        outbox.add(Event(EventType.ALARM_EMERGENCY, HUB1, "hh-1", COUNTY, "cord").with_seq(1))
+        await asyncio.wait_for(acked.wait(), WAIT)
+        assert [r["hub_id"] for r in centre.store.events()] == [HUB1]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
