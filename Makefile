@@ -23,6 +23,7 @@ bench: setup
 	$(BIN)/python bench/ble_ingest.py --record
 	$(BIN)/python bench/zigbee_latency.py --record
 	$(BIN)/python bench/rules.py --record
+	$(BIN)/python bench/outbox_drain.py --events 20000 --record
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -31,7 +31,7 @@ from paho.mqtt.properties import Properties
 from cloud_bridge.contract import ContractError, decode, topic
 from cloud_bridge.outbox import Outbox
 from hub.config import MqttConfig
-from hub.model import iso_now
+from hub.model import Priority, iso_now
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ def mqtt_client(host: str, port: int, identifier: str, **options: Any) -> aiomqt
 
 
 MAX_IN_FLIGHT = 64  # events published and awaiting their PUBACK at once
+ACK_WINDOW = 256  # events sent and awaiting the centre's ack; past it, only alarms are sent
 
 # A persistent session: acks and commands published while the hub is away wait for it at the broker.
 SESSION_EXPIRY_S = 86_400
@@ -201,14 +202,16 @@ class MqttUplink:
         try:
             while True:
                 await slots.acquire()
-                due = self.outbox.take_due(limit=1)
+                # Beyond ACK_WINDOW events awaiting their ack only alarms go out: a backlog must not
+                # pile up in the broker's and the centre's queues ahead of the next alarm.
+                window_full = self.outbox.awaiting_ack() >= ACK_WINDOW
+                due = self.outbox.take_due(limit=1, most=Priority.ALARM if window_full else None)
                 if not due:
                     slots.release()
                     self._wake.clear()
                     waiter: asyncio.Future[Any] = asyncio.ensure_future(self._wake.wait())
-                    done, _ = await asyncio.wait(
-                        [waiter, failed], timeout=self.outbox.seconds_until_due(), return_when=asyncio.FIRST_COMPLETED
-                    )
+                    wait_s = self.outbox.seconds_until_due(Priority.ALARM if window_full else None)
+                    done, _ = await asyncio.wait([waiter, failed], timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
                     waiter.cancel()
                     raise_if_cancelled()
                     if failed in done:

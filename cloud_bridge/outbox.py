@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from hub.model import Event
+from hub.model import Event, Priority
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class Outbox:
         self._ready: list[tuple[int, int, int, str]] = []  # (priority, seq, generation, id)
         self._waiting: list[tuple[float, int, int, int, str]] = []  # (due, priority, seq, gen, id)
         self._listeners: list[Callable[[], None]] = []
+        self._unacked_sends: set[str] = set()
         self._generations = itertools.count(1)  # outbox-wide, so a re-added id never matches an old item
 
     def __len__(self) -> int:
@@ -91,21 +92,34 @@ class Outbox:
     def ack(self, event_id: str) -> Event | None:
         """The centre has the event: forget it. Returns it, or None for an unknown or repeated ack."""
         entry = self._entries.pop(event_id, None)
-        return entry.event if entry else None
+        if entry is None:
+            return None
+        if event_id in self._unacked_sends:
+            self._unacked_sends.discard(event_id)
+            self._notify()  # a place in the ack window is free again
+        return entry.event
 
-    def take_due(self, limit: int | None = None) -> list[tuple[Event, int]]:
+    def awaiting_ack(self) -> int:
+        """How many events have been sent and wait for their ack (the ack window in use)."""
+        return len(self._unacked_sends)
+
+    def take_due(self, limit: int | None = None, most: Priority | None = None) -> list[tuple[Event, int]]:
         """Events to send now, most urgent first, each with its attempt number (1 = first send).
 
-        Taking an event schedules its resend: if no ack arrives by then it is due again.
+        Taking an event schedules its resend: if no ack arrives by then it is due again. With
+        `most`, only events of that priority or more urgent are taken (alarms past a full window).
         """
         now = self._clock()
         while self._waiting and self._waiting[0][0] <= now:
             _, _, _, generation, event_id = heapq.heappop(self._waiting)
             entry = self._entries.get(event_id)
             if entry and entry.generation == generation:
+                self._unacked_sends.discard(event_id)  # no ack in time: it leaves the ack window
                 self._push_ready(entry)
         taken: list[tuple[Event, int]] = []
         while self._ready and (limit is None or len(taken) < limit):
+            if most is not None and self._ready[0][0] > most:
+                break  # the most urgent ready event is less urgent than asked for
             _, _, generation, event_id = heapq.heappop(self._ready)
             entry = self._entries.get(event_id)
             if entry is None or entry.generation != generation:
@@ -119,21 +133,27 @@ class Outbox:
                 (entry.next_due, int(entry.event.priority), seq, entry.generation, event_id),
             )
             taken.append((entry.event, entry.attempts))
+            self._unacked_sends.add(event_id)
         return taken
 
     def requeue_all(self) -> None:
         """Everything unacknowledged is due at once (after a reconnect: the old sends may be lost)."""
         self._ready.clear()
         self._waiting.clear()
+        self._unacked_sends.clear()
         for entry in self._entries.values():
             entry.generation = next(self._generations)
             self._push_ready(entry)
         if self._entries:
             self._notify()
 
-    def seconds_until_due(self) -> float | None:
-        """How long until something is due: 0 when something is ready, None when nothing is queued."""
-        if any(self._entries.get(i) and self._entries[i].generation == g for _, _, g, i in self._ready):
+    def seconds_until_due(self, most: Priority | None = None) -> float | None:
+        """How long until something is due: 0 when something is ready, None when nothing is queued.
+        With `most`, ready events less urgent than that do not count (they wait for the window)."""
+        if any(
+            self._entries.get(i) and self._entries[i].generation == g and (most is None or p <= most)
+            for p, _, g, i in self._ready
+        ):
             return 0.0
         while self._waiting:
             due, _, _, generation, event_id = self._waiting[0]

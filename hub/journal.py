@@ -148,6 +148,26 @@ class Journal:
             return None
         return self.get(event_id)
 
+    def mark_acked_many(self, acks: list[tuple[str, str]]) -> list[JournalRecord | None]:
+        """Several acks in one transaction (one fsync): a drain of thousands of acks keeps up."""
+        moment = datetime.now(UTC).isoformat()
+        newly: list[bool] = []
+        try:
+            self._db.execute("BEGIN")
+            for event_id, via in acks:
+                cursor = self._db.execute(
+                    "UPDATE events SET acked_at = ?, acked_mono_ns = ?, ack_via = ?"
+                    " WHERE event_id = ? AND acked_at IS NULL",
+                    (moment, time.monotonic_ns(), via, event_id),
+                )
+                newly.append(cursor.rowcount > 0)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise JournalError(f"cannot record {len(acks)} ack(s) in {self.path}: {exc}") from exc
+        return [self.get(event_id) if new else None for (event_id, _), new in zip(acks, newly, strict=True)]
+
     def get(self, event_id: str) -> JournalRecord | None:
         row = self._db.execute(f"SELECT {_COLUMNS} FROM events WHERE event_id = ?", (event_id,)).fetchone()
         return _record(row) if row else None
@@ -237,6 +257,8 @@ class AsyncJournal:
 
     def __init__(self, path: Path) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        self._acks: list[tuple[str, str, asyncio.Future[JournalRecord | None]]] = []
+        self._ack_flusher: asyncio.Task[None] | None = None
         try:
             self._journal = self._executor.submit(Journal, path).result()
         except BaseException:
@@ -254,7 +276,26 @@ class AsyncJournal:
         return await self._run(self._journal.append, event, alerted_mono_ns)
 
     async def mark_acked(self, event_id: str, via: str) -> JournalRecord | None:
-        return await self._run(self._journal.mark_acked, event_id, via)
+        """Acks arriving together are committed together (group commit): one fsync for a batch."""
+        future: asyncio.Future[JournalRecord | None] = asyncio.get_running_loop().create_future()
+        self._acks.append((event_id, via, future))
+        if self._ack_flusher is None or self._ack_flusher.done():
+            self._ack_flusher = asyncio.get_running_loop().create_task(self._flush_acks())
+        return await future
+
+    async def _flush_acks(self) -> None:
+        while self._acks:
+            batch, self._acks = self._acks, []
+            try:
+                records = await self._run(self._journal.mark_acked_many, [(i, v) for i, v, _ in batch])
+            except JournalError as exc:
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, _, future), record in zip(batch, records, strict=True):
+                if not future.done():
+                    future.set_result(record)
 
     async def unacknowledged(self) -> list[Event]:
         return await self._run(self._journal.unacknowledged)

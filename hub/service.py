@@ -334,10 +334,16 @@ class HubService:
             return
         log.info("centre acknowledged %s #%s", event.type.value, event.seq)
         self.rules.on_acknowledged(event)  # first: the person hears it even if the disk is failing
-        try:
-            await self.journal.mark_acked(event_id, "mqtt")
-        except JournalError as exc:
-            log.error("%s; after a restart the event is sent again and the centre drops the copy", exc)
+
+        async def journal_it() -> None:  # not awaited here: acks arriving together commit together
+            try:
+                await self.journal.mark_acked(event_id, "mqtt")
+            except JournalError as exc:
+                log.error("%s; after a restart the event is sent again and the centre drops the copy", exc)
+
+        task = asyncio.get_running_loop().create_task(journal_it())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _on_command(self, cmd: dict[str, Any]) -> None:
         cmd_id = cmd["cmd_id"]
