@@ -24,7 +24,7 @@ from typing import Any
 import aiomqtt
 
 from cloud_bridge.contract import ContractError, decode, topic
-from cloud_bridge.mqtt import mqtt_client, raise_if_cancelled
+from cloud_bridge.mqtt import mqtt_client
 from hub.model import iso_now
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,7 @@ class Centre:
         self.centre_id = centre_id
         self.acknowledge = acknowledge
         self.tls = tls
+        self._acks: set[asyncio.Task[None]] = set()
         self.store = CentreStore(db_path)
         self.connected = asyncio.Event()
 
@@ -178,6 +179,12 @@ class Centre:
                 log.warning("centre lost the broker: %s; retrying", exc)
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
             delay = min(delay * 2, 2.0)
+
+    async def _publish_ack(self, client: aiomqtt.Client, ack_topic: str, ack: dict[str, Any]) -> None:
+        try:
+            await client.publish(ack_topic, json.dumps(ack).encode(), qos=1)
+        except aiomqtt.MqttError as exc:
+            log.warning("ack for %s not sent (%s); the hub will send the event again", ack["event_id"], exc)
 
     async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         parts = str(message.topic).split("/")
@@ -216,8 +223,11 @@ class Centre:
                     "received_at": received.first_received_at,
                     "duplicate": received.duplicate,
                 }
-                await client.publish(topic(county, hub_id, "ack"), json.dumps(ack).encode(), qos=1)
-                raise_if_cancelled()
+                # Not awaited: waiting for each ack's PUBACK would cap the centre at one round trip
+                # per event. The event is committed already; a lost ack only means a resend.
+                task = asyncio.create_task(self._publish_ack(client, topic(county, hub_id, "ack"), ack))
+                self._acks.add(task)
+                task.add_done_callback(self._acks.discard)
         elif kind in ("status", "heartbeat"):
             try:
                 if kind == "status":
