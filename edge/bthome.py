@@ -56,7 +56,6 @@ class _Tracked:
     last_counter: int | None = None
     binary: dict[str, bool] = field(default_factory=dict)
     battery_low: bool = False
-    last_seen_mono_ns: int | None = None
     last_security_report_ns: int | None = None
     security_suppressed: int = 0
     last_problem_log_ns: int | None = None
@@ -91,9 +90,6 @@ class BthomeInterpreter:
     @property
     def addresses(self) -> frozenset[str]:
         return frozenset(self._tracked)
-
-    def last_seen(self, device_id: str) -> int | None:
-        return next((t.last_seen_mono_ns for t in self._tracked.values() if t.device.id == device_id), None)
 
     def feed(
         self, address: str, service_data: Mapping[str, bytes], rssi: int | None, observed_mono_ns: int
@@ -167,7 +163,6 @@ class BthomeInterpreter:
             if tracked.parser.decryption_failed:
                 return self._security(tracked, now_ns, "bad_mic", "wrong key or damaged advert (bad MIC)")
             tracked.last_counter = counter
-        tracked.last_seen_mono_ns = now_ns
         self.counts["accepted"] += 1
         if self._on_heard is not None:
             self._on_heard(tracked.device, now_ns)

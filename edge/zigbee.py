@@ -93,7 +93,6 @@ class ZigbeeRadio:
         self.radio_ok = True
         self._down_since: float | None = None
         self._fault_timer: asyncio.TimerHandle | None = None
-        self.connections = 0
 
     # -- the link ------------------------------------------------------------------------------
 
@@ -130,7 +129,6 @@ class ZigbeeRadio:
                 delay = min(self.config.retry_max_s, delay * 2)
                 continue
             delay = 0.5
-            self.connections += 1
             log.info(
                 "Zigbee coordinator up on %s in %.2f s (%d device(s) known)",
                 self.config.port,

@@ -98,9 +98,6 @@ class Clock:
             self._schedule()
         return fired
 
-    def pending(self) -> list[Timer]:
-        return sorted(t for t in self._timers if not t.cancelled)
-
     def _schedule(self) -> None:
         """Wake the loop when the next timer is due, and every TICK_S regardless (clock jumps)."""
         try:

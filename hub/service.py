@@ -25,8 +25,6 @@ from typing import Any
 from cloud_bridge.mqtt import MqttUplink
 from cloud_bridge.outbox import Outbox, RetryPolicy
 from edge.audio import PROMPTS, AplayPlayer, Player, RecordingPlayer, SilentPlayer, VoicePrompts
-from edge.ble import BleRadio
-from edge.bthome import BthomeInterpreter
 from edge.gpio import PinInputs, Siren, StatusLed, load_pin_factory
 from edge.zigbee import ZigbeeRadio
 from hub.clock import Clock, SimulatedClock, SystemClock
@@ -123,7 +121,10 @@ class HubService:
             forever.append(self._forever("simulated-clock", lambda: keep_simulated_time(config, self.clock)))
         heard = lambda device, ns: self._events(self.supervisor.heard(device.id, ns))  # noqa: E731
         ble_devices = [d for d in household.devices if d.transport is Transport.BLE]
-        if ble_devices:
+        if ble_devices:  # bleak and bthome-ble load only for a household that has BLE devices
+            from edge.ble import BleRadio
+            from edge.bthome import BthomeInterpreter
+
             ble_config = config.ble
             interpreter = BthomeInterpreter(
                 origin,
@@ -265,7 +266,15 @@ class HubService:
             "hub_id": self.config.hub_id,
             "uplink_connected": self.uplink.connected.is_set(),
             "pending": self.outbox.pending_counts(),
-            "ble": None if ble is None else {"radio_ok": ble.radio_ok, "mode": ble.mode, "adverts": ble.adverts},
+            "ble": None
+            if ble is None
+            else {
+                "radio_ok": ble.radio_ok,
+                "mode": ble.mode,
+                "adverts": ble.adverts,
+                "scan_restarts": ble.restarts,
+                "adapter_resets": ble.resets,
+            },
             "zigbee": None if zigbee is None else {"radio_ok": zigbee.radio_ok, "connected": zigbee.app is not None},
             "offline_devices": sorted(self.supervisor.offline()),
             "clock": self.clock.now().isoformat(),

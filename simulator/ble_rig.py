@@ -17,9 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hub.model import DeviceKind, Transport
+from hub.model import Transport
 from simulator.ble import FakeBluez
-from simulator.bthome import VirtualBthomeDevice, button, packet_id, service_data
+from simulator.bthome import VirtualBthomeDevice
 from simulator.scenario import Scenario, Step
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class BleRig:
         if action == "rssi":
             self.rssi[step.device] = int(step.value if step.value is not None else -60)
             return None
-        data = self._advert(action, step, virtual, mac, device.kind)
+        data = self._advert(action, step, virtual)
         sent = time.monotonic_ns()
         await self._send(mac, data, self.rssi[step.device])
         self._note(sent, "device", f"{step.device}: {action} (BTHome advert, {len(data)} bytes)")
@@ -112,13 +112,13 @@ class BleRig:
             return sent
         return None
 
-    def _advert(self, action: str, step: Step, virtual: VirtualBthomeDevice, mac: str, kind: DeviceKind) -> bytes:
+    def _advert(self, action: str, step: Step, virtual: VirtualBthomeDevice) -> bytes:
         if action == "replay":
             return virtual.replay(0)  # an old captured advert, sent again
         if action == "spoof":
             return virtual.spoof(os.urandom(16))
         if action == "plaintext":
-            return service_data([packet_id(random.randrange(256)), button("press")], mac=mac, trigger_based=True)
+            return virtual.plaintext()
         if action == "battery":
             return virtual.battery_level(int(step.value if step.value is not None else 10))
         simple: dict[str, Callable[[], bytes]] = {

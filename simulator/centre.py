@@ -128,10 +128,6 @@ class CentreStore:
         keys = ("event_id", "hub_id", "seq", "type", "device_id", "copies", "first_received_mono_ns", "received_by")
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
-    def hub_state(self, hub_id: str) -> str | None:
-        row = self._db.execute("SELECT state FROM hubs WHERE hub_id = ?", (hub_id,)).fetchone()
-        return row[0] if row else None
-
     def close(self) -> None:
         self._db.close()
 

@@ -83,7 +83,6 @@ class ChildProcess:
         self.notify_path = workdir / f"{name}.notify"
         self.log_path = workdir / f"{name}.log"
         self.process: asyncio.subprocess.Process | None = None
-        self.starts = 0
 
     async def start(self, timeout: float = 30.0) -> None:
         self.notify_path.unlink(missing_ok=True)
@@ -96,7 +95,6 @@ class ChildProcess:
             *self.argv, stdout=log, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL, env=env
         )
         log.close()
-        self.starts += 1
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):

@@ -109,11 +109,11 @@ async def test_stale_and_repeated_commands_are_refused(broker: PrivateBroker, st
     await running.centre_records(1)
     assert running.service.siren.pattern == "emergency"
 
-    async def command(cmd_id: str, issued: datetime) -> None:
+    async def command(cmd_id: str, issued: datetime, name: str = "silence") -> None:
         body = {
             "schema": "anju.cmd/1",
             "cmd_id": cmd_id,
-            "command": "silence",
+            "command": name,
             "issued_at": issued.isoformat().replace("+00:00", "Z"),
         }
         async with aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
@@ -128,5 +128,9 @@ async def test_stale_and_repeated_commands_are_refused(broker: PrivateBroker, st
     await running.pull()
     await running.centre_records(2)
     await command("fresh", datetime.now(UTC))  # the same command id again
-    await asyncio.sleep(0.5)  # nothing to wait for: a refused command changes nothing
-    assert running.service.siren.pattern == "emergency"
+    await command("marker", datetime.now(UTC), name="status")  # handled after it: commands keep their order
+    async with asyncio.timeout(10):
+        while "marker" not in running.service._commands_done:
+            await asyncio.sleep(0.05)
+    assert list(running.service._commands_done) == ["fresh", "marker"]
+    assert running.service.siren.pattern == "emergency", "the repeated silence was refused"
