@@ -9,9 +9,11 @@ per centre rather than `pattern` lines with %u: a `pattern` applies to every use
 included, and an explicit list also withdraws a hub whose certificate is still valid but which has
 been taken off the list (regenerate, then send mosquitto SIGHUP to reload the ACL).
 
-* A hub (user = its hub id) may publish only to ``anju/v1/{county}/{hub}/event|status|heartbeat``
-  and read only ``anju/v1/{county}/{hub}/ack|cmd``.
-* A centre may read ``anju/v1/+/+/event|status|heartbeat`` and publish to ``anju/v1/+/+/ack|cmd``.
+* A hub (user = its hub id) may publish only to
+  ``anju/v1/{county}/{hub}/event|events|status|heartbeat`` and read only
+  ``anju/v1/{county}/{hub}/ack|acks|cmd``.
+* A centre may read ``anju/v1/+/+/event|events|status|heartbeat`` and publish to
+  ``anju/v1/+/+/ack|acks|cmd``.
 
 How mosquitto 2.0 (2.0.11 here) applies the ACL file: it does not check a SUBSCRIBE at all (its
 acl_file check returns success for MOSQ_ACL_SUBSCRIBE, a long-standing FIXME in
@@ -31,8 +33,8 @@ from pathlib import Path
 
 from cloud_bridge.certs import ID_PATTERN
 
-HUB_WRITES = ("event", "status", "heartbeat")
-HUB_READS = ("ack", "cmd")
+HUB_WRITES = ("event", "events", "status", "heartbeat")
+HUB_READS = ("ack", "acks", "cmd")
 
 
 def _check(what: str, value: str) -> str:

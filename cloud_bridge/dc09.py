@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from random import Random
-from typing import Literal
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -434,10 +434,21 @@ def parse_response(data: bytes, *, key: str | None = None, key_format: KeyFormat
 # Transmitter
 
 
-class Dc09Client:
-    """Sends DC-09 frames to one receiver over TCP and returns its verified answer.
+class _AnswerProtocol(asyncio.DatagramProtocol):
+    """Collects the datagrams a DC-09 receiver answers with (UDP transport)."""
 
-    One connection per message unless `keep_alive`. After a NAK, `clock_offset` holds the receiver's
+    def __init__(self) -> None:
+        self.answers: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.answers.put_nowait(data)
+
+
+class Dc09Client:
+    """Sends DC-09 frames to one receiver over TCP (or UDP) and returns its verified answer.
+
+    Over TCP, one connection per message unless `keep_alive`; over UDP, one datagram each way (the
+    caller resends when no answer comes in time). After a NAK, `clock_offset` holds the receiver's
     clock minus ours: stamp the resend with `datetime.now(UTC) + client.clock_offset`.
     """
 
@@ -452,8 +463,10 @@ class Dc09Client:
         key: str | None = None,
         key_format: KeyFormat = "hex",
         keep_alive: bool = False,
+        transport: Literal["tcp", "udp"] = "tcp",
     ) -> None:
         self.host = host
+        self.transport = transport
         self.port = port
         self.account = _account(account)
         self.receiver = receiver
@@ -473,6 +486,8 @@ class Dc09Client:
         answering) or FrameError (a malformed answer, or one for another sequence number).
         """
         sent = parse_frame(message, key=self.key, key_format=self.key_format)
+        if self.transport == "udp":
+            return self._verified(sent, await self._exchange_udp(message, timeout))
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await self._connect()
@@ -490,9 +505,30 @@ class Dc09Client:
             raise
         if not self.keep_alive:
             await self.close()
+        return self._verified(sent, response)
+
+    async def _exchange_udp(self, message: bytes, timeout: float) -> Response:
+        """One datagram out, the first well-formed answer back (a stray datagram is skipped)."""
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.create_datagram_endpoint(_AnswerProtocol, remote_addr=(self.host, self.port))
+        try:
+            async with asyncio.timeout(timeout):
+                transport.sendto(message)
+                while True:
+                    answer = await protocol.answers.get()
+                    answer = answer[answer.rfind(LF) :] if LF in answer else answer
+                    try:
+                        return parse_response(answer, key=self.key, key_format=self.key_format)
+                    except FrameError:
+                        continue
+        finally:
+            transport.close()
+
+    def _verified(self, sent: Frame, response: Response) -> Response:
         if response.kind is ResponseKind.NAK and response.timestamp is not None:
             self.clock_offset = response.timestamp - datetime.now(UTC)
-        elif response.sequence != sent.sequence:
+        elif response.sequence != sent.sequence and response.kind is not ResponseKind.DUH:
+            # (a DUH may not name our sequence: the receiver could not read the message)
             raise FrameError(f"{response.kind} for sequence {response.sequence}, sent {sent.sequence}")
         return response
 

@@ -2,11 +2,14 @@
 
 Topics are those of the contract (cloud_bridge/contract): `anju/v1/{county}/{hub_id}/{kind}`.
 On every connection the hub publishes a retained `online` status (its last will is a retained
-`offline`), subscribes to its own `ack` and `cmd`, and makes every unacknowledged event due at
-once. Events go out at QoS 1, most urgent first, each resent with the same id until an ack names
-it (timing in cloud_bridge.outbox). A heartbeat reports what is still pending. The connection is
-retried forever with capped exponential backoff and jitter; a malformed or unknown ack or
-command is logged and dropped, never raised.
+`offline`), subscribes to its own `ack`, `acks` and `cmd`, and makes every unacknowledged event
+due at once. Events go out at QoS 1, most urgent first, each resent with the same id until an ack
+names it (timing in cloud_bridge.outbox): an alarm always alone on `event`, the moment it is due;
+every other event in an `events` batch of whatever else is due with it (up to BATCH_MAX; the hub
+never waits to fill one), which is how a backlog of 100,000 drains at thousands a second. A
+heartbeat reports what is still pending. The connection is retried forever with capped
+exponential backoff and jitter; a malformed or unknown ack or command is logged and dropped,
+never raised.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from cloud_bridge.contract import ContractError, decode, topic
+from cloud_bridge.contract import BATCH_MAX, ContractError, decode, topic
 from cloud_bridge.outbox import Outbox
 from hub.config import MqttConfig
 from hub.model import Priority, iso_now
@@ -59,8 +62,14 @@ def mqtt_client(host: str, port: int, identifier: str, **options: Any) -> aiomqt
     )
 
 
-MAX_IN_FLIGHT = 64  # events published and awaiting their PUBACK at once
-ACK_WINDOW = 256  # events sent and awaiting the centre's ack; past it, only alarms are sent
+# Tuned with bench/outbox_drain.py (docs/BENCHMARKS.md). The ack window bounds how much backlog can
+# sit in the broker's and the centre's queues ahead of a new alarm: ~4 batches, a few tens of ms of
+# the centre's work, while still keeping the centre busy (its next batch is always queued).
+MAX_IN_FLIGHT = 8  # messages (an alarm, a batch) published and awaiting their PUBACK at once
+ACK_WINDOW = 400  # events sent and awaiting the centre's ack; past it, only alarms are sent
+# With the window full and a backlog ready, the only thing that frees the window without waking the
+# send loop is an unacknowledged event's resend coming due; look for that this often (cheaply).
+RESEND_POLL_S = 0.25
 
 # A persistent session: acks and commands published while the hub is away wait for it at the broker.
 SESSION_EXPIRY_S = 86_400
@@ -86,6 +95,7 @@ def raise_if_cancelled() -> None:
 
 AckHandler = Callable[[str, dict[str, Any]], Awaitable[None]]
 CommandHandler = Callable[[dict[str, Any]], Awaitable[None]]
+HeartbeatExtra = Callable[[], dict[str, Any]]
 
 
 class MqttUplink:
@@ -98,7 +108,12 @@ class MqttUplink:
         on_ack: AckHandler,
         on_command: CommandHandler,
         version: str = "",
+        *,
+        heartbeat_extra: HeartbeatExtra | None = None,
     ) -> None:
+        """`on_ack(event_id, ack)` is called for every ack, alone or an item of `acks` (then with the
+        message's `hub_id` and `centre_id` added); `heartbeat_extra()`, if given, returns fields
+        merged into every heartbeat (`uplinks`, `modem`: see the heartbeat schema)."""
         self.config = config
         self.hub_id = hub_id
         self.county = county
@@ -106,6 +121,7 @@ class MqttUplink:
         self._on_ack = on_ack
         self._on_command = on_command
         self._version = version
+        self._heartbeat_extra = heartbeat_extra
         self._wake = asyncio.Event()
         outbox.on_change(self._wake.set)
         self.connected = asyncio.Event()
@@ -154,9 +170,10 @@ class MqttUplink:
                 ),
                 clean_start=False,
                 properties=_session_expiry(SESSION_EXPIRY_S),
+                max_inflight_messages=MAX_IN_FLIGHT + 4,  # + status and heartbeats: ours is the limit
             ) as client:
-                await client.subscribe(self._topic("ack"), qos=1)
-                await client.subscribe(self._topic("cmd"), qos=1)
+                client.pending_calls_threshold = MAX_IN_FLIGHT + 4  # aiomqtt warns past it
+                await client.subscribe([(self._topic(kind), 1) for kind in ("ack", "acks", "cmd")])
                 await client.publish(
                     self._topic("status"),
                     self._status("online", at=iso_now(), version=self._version),
@@ -181,49 +198,78 @@ class MqttUplink:
             raise group.exceptions[0] from None
 
     async def _send_loop(self, client: aiomqtt.Client) -> None:
-        """Publish due events, most urgent first, with up to MAX_IN_FLIGHT awaiting their PUBACK.
+        """Publish due events, most urgent first, with up to MAX_IN_FLIGHT messages awaiting their PUBACK.
 
-        One event is taken from the outbox per free slot, so a new alarm is next as soon as a slot
-        frees, however long the backlog behind it (a batch taken ahead would make it wait)."""
-        event_topic = self._topic("event")
+        Each free slot takes one alarm if one is due (alone on `event`, whatever the ack window);
+        else, within the ack window, every other event due right now, up to BATCH_MAX, as one
+        `events` batch. A batch is taken when a slot is free, never ahead, so a new alarm is next
+        as soon as a slot frees, however long the backlog behind it."""
+        event_topic, events_topic = self._topic("event"), self._topic("events")
         slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         in_flight: set[asyncio.Task[None]] = set()
         failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
-        async def publish(payload: bytes) -> None:
+        async def publish(to: str, payload: bytes) -> None:
             try:
-                await client.publish(event_topic, payload, qos=1)
+                await client.publish(to, payload, qos=1)
             except aiomqtt.MqttError as exc:
                 if not failed.done():
                     failed.set_result(exc)
             finally:
                 slots.release()
 
+        def send(to: str, message: dict[str, Any]) -> None:
+            task = asyncio.create_task(publish(to, json.dumps(message, ensure_ascii=False).encode()))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+
         try:
             while True:
                 await slots.acquire()
-                # Beyond ACK_WINDOW events awaiting their ack only alarms go out: a backlog must not
-                # pile up in the broker's and the centre's queues ahead of the next alarm.
-                window_full = self.outbox.awaiting_ack() >= ACK_WINDOW
-                due = self.outbox.take_due(limit=1, most=Priority.ALARM if window_full else None)
+                due = self.outbox.take_due(limit=1, most=Priority.ALARM)
+                room = ACK_WINDOW - self.outbox.awaiting_ack()
+                if not due and room > 0:
+                    # Beyond ACK_WINDOW events awaiting their ack only alarms go out: a backlog must not
+                    # pile up in the broker's and the centre's queues ahead of the next alarm.
+                    due = self.outbox.take_due(limit=min(BATCH_MAX, room))
                 if not due:
                     slots.release()
                     self._wake.clear()
                     waiter: asyncio.Future[Any] = asyncio.ensure_future(self._wake.wait())
-                    wait_s = self.outbox.seconds_until_due(Priority.ALARM if window_full else None)
+                    wait_s = self.outbox.seconds_until_due()
+                    if wait_s == 0 and room <= 0:
+                        # Ready events wait for the window: an ack or a new event wakes us, a resend
+                        # coming due does not. (Not seconds_until_due(ALARM), which would say when
+                        # exactly, but walks every ready event to say it: 100,000 after an outage.)
+                        wait_s = RESEND_POLL_S
                     done, _ = await asyncio.wait([waiter, failed], timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
                     waiter.cancel()
                     raise_if_cancelled()
                     if failed in done:
                         raise failed.result()
                     continue
-                event, attempt = due[0]
-                payload = json.dumps(event.to_message(attempt), ensure_ascii=False).encode()
-                task = asyncio.create_task(publish(payload))
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
-                if attempt > 1:
-                    log.info("resending %s #%s (attempt %d)", event.type.value, event.seq, attempt)
+                # Alarms alone, first. (The second take_due holds one only if its resend came due in
+                # between: it still goes alone, in a slot of its own.)
+                batch: list[dict[str, Any]] = []
+                resends = 0
+                slot_held = True
+                for event, attempt in due:
+                    if event.priority > Priority.ALARM:
+                        batch.append(event.to_message(attempt))
+                        resends += attempt > 1
+                        continue
+                    if attempt > 1:
+                        log.info("resending %s #%s (attempt %d)", event.type.value, event.seq, attempt)
+                    if not slot_held:
+                        await slots.acquire()
+                    send(event_topic, event.to_message(attempt))
+                    slot_held = False
+                if batch:
+                    if resends:
+                        log.info("resending %d event(s) in a batch of %d", resends, len(batch))
+                    if not slot_held:
+                        await slots.acquire()
+                    send(events_topic, {"schema": "anju.events/1", "hub_id": self.hub_id, "events": batch})
                 if failed.done():
                     raise failed.result()
         finally:
@@ -235,7 +281,8 @@ class MqttUplink:
             self._heartbeats += 1
             oldest = self.outbox.oldest_pending_at()
             now = datetime.now(UTC)
-            message = {
+            message = self._extra_heartbeat_fields()
+            message |= {
                 "schema": "anju.heartbeat/1",
                 "hub_id": self.hub_id,
                 "seq": self._heartbeats,
@@ -248,6 +295,15 @@ class MqttUplink:
             raise_if_cancelled()
             await asyncio.sleep(self.config.heartbeat_s)
 
+    def _extra_heartbeat_fields(self) -> dict[str, Any]:
+        if self._heartbeat_extra is None:
+            return {}
+        try:
+            return dict(self._heartbeat_extra())
+        except Exception:  # a failing reporter must not stop the heartbeat itself
+            log.exception("heartbeat_extra failed; heartbeat sent without its fields")
+            return {}
+
     async def _receive_loop(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             kind = str(message.topic).rsplit("/", 1)[-1]
@@ -256,16 +312,23 @@ class MqttUplink:
             except ContractError as exc:
                 self._log_dropped(kind, f"malformed {kind} dropped: {exc}")
                 continue
-            try:
-                if kind == "ack":
-                    if body["hub_id"] != self.hub_id:
-                        self._log_dropped(kind, f"ack for another hub ({body['hub_id']}) dropped")
-                        continue
-                    await self._on_ack(body["event_id"], body)
-                elif kind == "cmd":
-                    await self._on_command(body)
-            except Exception:  # a handler's failure (a journal error, say) must not end the uplink
-                log.exception("handling %s %s failed; the uplink carries on", kind, body.get("event_id") or body)
+            if kind in ("ack", "acks") and body["hub_id"] != self.hub_id:
+                self._log_dropped(kind, f"{kind} for another hub ({body['hub_id']}) dropped")
+                continue
+            if kind == "ack":
+                await self._handle(kind, body["event_id"], self._on_ack(body["event_id"], body))
+            elif kind == "acks":
+                extra = {"hub_id": body["hub_id"], "centre_id": body["centre_id"]}
+                for item in body["acks"]:
+                    await self._handle(kind, item["event_id"], self._on_ack(item["event_id"], item | extra))
+            elif kind == "cmd":
+                await self._handle(kind, body["cmd_id"], self._on_command(body))
+
+    async def _handle(self, kind: str, what: str, handler: Awaitable[None]) -> None:
+        try:
+            await handler
+        except Exception:  # a handler's failure (a journal error, say) must not end the uplink
+            log.exception("handling %s %s failed; the uplink carries on", kind, what)
 
     def _log_dropped(self, kind: str, text: str) -> None:
         """Log a dropped message, at most once a minute per kind at warning level."""

@@ -221,13 +221,17 @@ class Modem:
         self._transport: asyncio.BaseTransport | None = None
         self._protocol: _LineProtocol | None = None
         self._lock = asyncio.Lock()
+        self._open_lock = asyncio.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def open(self) -> None:
         """Open the port and set the modem up: echo off, numeric error codes, text mode."""
-        if self._transport is not None:
-            return
+        async with self._open_lock:  # the status poll and an alarm SMS may both open it
+            if self._transport is None:
+                await self._open()
+
+    async def _open(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             transport, protocol = await serialx.create_serial_connection(

@@ -161,6 +161,74 @@ class OutboxConfig(_Strict):
     jitter: float = Field(0.5, ge=0, le=1)
 
 
+class JournalConfig(_Strict):
+    """How much storage the journal may use. Past `100 - reserve_percent` % of `max_mb` (or with
+    less than `min_free_mb` left on the disk) acknowledged events are deleted to make room, and if
+    that is not enough, info events are dropped (and the hub says so): the rest is kept for alarms
+    and faults."""
+
+    max_mb: float = Field(512.0, ge=0.02, le=1_000_000)
+    reserve_percent: float = Field(10.0, ge=1, le=90)
+    min_free_mb: float = Field(50.0, ge=0, le=1_000_000)
+
+
+class MqttUplinkConfig(_Strict):
+    """The county broker (settings in `[mqtt]`): every event goes here, and its ack makes the record."""
+
+    type: Literal["mqtt"]
+
+
+class Dc09UplinkConfig(_Strict):
+    """A professional alarm receiving centre speaking SIA DC-09 (TCP). Alarms go here when the
+    uplinks before it are down, or have not got the centre's ack within `after_s`."""
+
+    type: Literal["dc09"]
+    host: str
+    port: int = Field(ge=1, le=65535)
+    protocol: Literal["tcp", "udp"] = Field("tcp", description="udp: one datagram each way, resent on no answer")
+    account: Annotated[str, Field(pattern=r"^[0-9A-Fa-f]{3,16}$", description="the account number, 3-16 hex digits")]
+    key: str | None = Field(None, description="AES key as the receiver issued it (see key_format); none: plaintext")
+    key_format: Literal["hex", "ascii"] = Field(
+        "hex", description="hex: 32/48/64 hex digits (as DC-09 receivers issue keys); ascii: the key's characters"
+    )
+    receiver: Annotated[str, Field(pattern=r"^[0-9A-Fa-f]{1,6}$")] | None = None
+    prefix: Annotated[str, Field(pattern=r"^[0-9A-Fa-f]{1,6}$")] = "0"
+    format: Literal["ADM-CID", "SIA-DCS"] = "SIA-DCS"
+    after_s: float = Field(10.0, ge=0, le=3600, description="an alarm without an ack this long goes here too")
+    link_test_s: float = Field(60.0, ge=0, le=86400, description="a NULL link test this often (0: none)")
+    timeout_s: float = Field(10.0, gt=0, le=120, description="wait this long for the receiver's answer")
+
+    @model_validator(mode="after")
+    def _key_fits(self) -> Self:
+        if self.key is None:
+            return self
+        size = len(self.key) // 2 if self.key_format == "hex" else len(self.key.encode())
+        if self.key_format == "hex" and not re.fullmatch(r"([0-9A-Fa-f]{2})+", self.key):
+            raise FieldProblem(("key",), 'with key_format = "hex" the key is hex digits (32, 48 or 64 of them)')
+        if size not in (16, 24, 32):
+            raise FieldProblem(("key",), f"an AES key is 16, 24 or 32 bytes; this one is {size} ({self.key_format})")
+        return self
+
+
+class SmsUplinkConfig(_Strict):
+    """The last resort: a 4G modem. An alarm no IP uplink has acknowledged within the escalation
+    time (`rules.escalation.ack_timeout_s`), or that every IP uplink failed to carry, goes by SMS
+    to each number: the centre's first, then the household's contacts."""
+
+    type: Literal["sms"]
+    port: str = Field("/dev/ttyUSB2", description="the modem's AT command port")
+    baudrate: int = Field(115200, ge=1200, le=4_000_000)
+    numbers: list[Annotated[str, Field(pattern=r"^\+?[0-9]{3,20}$")]] = Field(min_length=1)
+    status_s: float = Field(60.0, ge=1, le=3600, description="read SIM and signal this often (for the heartbeat)")
+
+
+UplinkConfig = Annotated[MqttUplinkConfig | Dc09UplinkConfig | SmsUplinkConfig, Field(discriminator="type")]
+
+
+def _mqtt_only() -> list[UplinkConfig]:
+    return [MqttUplinkConfig(type="mqtt")]
+
+
 HourMinute = Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description='"HH:MM", 24-hour')]
 TimeRange = Annotated[
     str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$", description='"HH:MM-HH:MM"')
@@ -272,6 +340,11 @@ class HubConfig(_Strict):
     audio: AudioConfig = AudioConfig()
     mqtt: MqttConfig = MqttConfig()
     outbox: OutboxConfig = OutboxConfig()
+    journal: JournalConfig = JournalConfig()
+    uplinks: list[UplinkConfig] = Field(
+        default_factory=_mqtt_only,
+        description="the ways out, in order of failover; MQTT (the county's record) must be one of them",
+    )
 
     @model_validator(mode="after")
     def _devices_are_distinct(self) -> Self:
@@ -296,6 +369,12 @@ class HubConfig(_Strict):
                     where, f"device {device.id!r} uses pin {device.pin}, which drives {outputs[device.pin]}"
                 )
             pins[device.pin] = device.id
+        kinds = [uplink.type for uplink in self.uplinks]
+        if "mqtt" not in kinds:
+            raise FieldProblem(("uplinks",), 'list {type = "mqtt"}: the county centre keeps its record from it')
+        for index, kind in enumerate(kinds):
+            if kinds.count(kind) > 1:
+                raise FieldProblem(("uplinks", index, "type"), f"uplink {kind!r} is listed twice")
         return self
 
     def origin(self) -> Origin:
@@ -386,7 +465,6 @@ def toml_line(text: str, loc: Sequence[int | str]) -> int | None:
             found = header + 1
             start = header
             end = next((i for i in range(header + 1, len(lines)) if re.match(r"^\s*\[", lines[i])), len(lines))
-        else:
-            break
+        # else: not in the file (a union's tag such as `dc09` in uplinks[1].dc09.key): look deeper
         index += 1
     return found

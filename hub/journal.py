@@ -7,12 +7,32 @@ After a crash or a restart `unacknowledged()` returns every event the centre has
 
 `Journal` is synchronous and owned by one thread; `AsyncJournal` runs it on a dedicated worker
 thread so that fsync never stalls the event loop (and so never delays a siren).
+
+Storage running out (a small SD card, a log that filled the disk) must not silence an alarm:
+
+- `max_bytes` is the database's size budget, enforced by SQLite itself (`PRAGMA max_page_count`): a
+  write past it fails exactly as on a full disk. The WAL file comes on top of it (up to the
+  autocheckpoint size, about 4 MB) and so does the `-shm` index (32 KiB).
+- Info events are refused before the store is full: the last `reserve_fraction` of the budget and the
+  last `min_free_bytes` of the file system are kept for alarms and faults. Before refusing, the journal
+  deletes acknowledged events (they are at the centre already), oldest first, in bounded batches.
+- Acks that cannot be recorded for want of room delete their events instead: a journal full of
+  unacknowledged alarms frees room as the centre acknowledges them.
+- A write that fails because the budget or the disk is exhausted (SQLITE_FULL, ENOSPC, EFBIG: the
+  file size limit) raises `JournalFull`; any other failure `JournalError`. A failed write is rolled
+  back and leaves the journal usable: the next write succeeds once there is room again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import errno
+import functools
 import json
+import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable
@@ -22,7 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hub.model import Event, EventType
+from hub.model import Event, EventType, Priority
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -50,7 +70,16 @@ CREATE TABLE IF NOT EXISTS windows (
     deadline  TEXT NOT NULL,
     data      TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS deliveries (
+    event_id      TEXT NOT NULL,
+    via           TEXT NOT NULL,
+    acknowledged  INTEGER NOT NULL,
+    at            TEXT NOT NULL,
+    PRIMARY KEY (event_id, via)
+);
 """
+
+T = TypeVar("T")
 
 _COLUMNS = (
     "seq, event_id, type, hub_id, household_id, county, device_id, device_counter, occurred_at,"
@@ -58,8 +87,49 @@ _COLUMNS = (
 )
 
 
+# The smallest budget accepted, in pages: the schema alone takes 7 (4 KiB each by default).
+MIN_PAGES = 16
+# Acknowledged events deleted per transaction when making room, and transactions per call at most:
+# making room never holds the journal's thread (and so the next alarm) for long.
+_PRUNE_BATCH = 256
+_PRUNE_MAX_BATCHES = 16
+# Out of room below the budget (a full disk): pages to free in the database before trying again.
+_PRUNE_HEADROOM_PAGES = 16
+# An I/O error with less free disk space than this is taken for a full disk.
+_NEARLY_FULL_DISK = 1 << 20
+# The largest single write SQLite makes (a page of the largest size, with a WAL frame header).
+_MAX_WRITE = 65536 + 24
+# How many refused info event ids are remembered so that a retried event is counted once.
+_REFUSED_IDS_KEPT = 4096
+_FULL_ERRNOS = frozenset(
+    code for code in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", None)) if code is not None
+)
+
+
 class JournalError(RuntimeError):
     """The journal file cannot be opened or written; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class JournalUsage:
+    """How full the journal is. `used_bytes` counts the database's pages in use (not its free list);
+    `max_bytes` is the configured budget (None: no budget); `disk_free_bytes` what the file system
+    has left for this user (None: unknown); `info_refused` how many info events were not kept since
+    the journal was opened (each event id counted once, however often it is retried)."""
+
+    used_bytes: int
+    max_bytes: int | None
+    disk_free_bytes: int | None
+    info_refused: int
+
+
+class JournalFull(JournalError):
+    """Storage is exhausted: an info event refused to keep the reserve for alarms and faults, or a
+    write that failed for want of room (the size budget, a full disk, the file size limit)."""
+
+    def __init__(self, message: str, usage: JournalUsage | None = None) -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 @dataclass(frozen=True)
@@ -79,80 +149,157 @@ class JournalRecord:
 
 
 class Journal:
-    def __init__(self, path: Path) -> None:
+    """The journal on one SQLite file.
+
+    `max_bytes`: the database's size budget (None: as large as the disk allows); at least
+    `MIN_PAGES` pages. `reserve_fraction` of it and `min_free_bytes` of free disk space are kept for
+    alarms and faults: info events are refused (`JournalFull`) rather than eat into them.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int | None = None,
+        reserve_fraction: float = 0.1,
+        min_free_bytes: int = 0,
+    ) -> None:
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int)):
+            raise ValueError(f"journal max size must be a whole number of bytes, not {max_bytes!r}")
+        if max_bytes is not None and max_bytes < MIN_PAGES * 512:  # 512: SQLite's smallest page
+            raise ValueError(f"journal max size {max_bytes} bytes is too small: at least {MIN_PAGES} pages are needed")
+        if not 0.0 <= reserve_fraction < 1.0:
+            raise ValueError(f"journal reserve fraction must be in [0, 1), not {reserve_fraction!r}")
+        if min_free_bytes < 0:
+            raise ValueError(f"journal minimum free disk space must not be negative, not {min_free_bytes!r}")
         self.path = path
+        self.max_bytes = max_bytes
+        self.reserve_fraction = reserve_fraction
+        self.min_free_bytes = min_free_bytes
+        self._refused: dict[str, None] = {}  # info event ids refused, oldest first (bounded)
+        self._info_refused = 0
+        existed = path.exists()
         db = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+            if max_bytes is not None and max_bytes // self._page_size < MIN_PAGES:
+                raise ValueError(
+                    f"journal max size {max_bytes} bytes is too small for {path}: at least {MIN_PAGES} pages"
+                    f" of {self._page_size} bytes ({MIN_PAGES * self._page_size} bytes) are needed"
+                )
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(_SCHEMA)
+            if max_bytes is not None:
+                # SQLite never lowers the limit below the file's current size: a file already larger than
+                # the budget keeps its size (pages freed by pruning are reused) and info stays refused.
+                db.execute(f"PRAGMA max_page_count = {max_bytes // self._page_size}").fetchone()
         except (sqlite3.Error, OSError) as exc:
             if db is not None:
                 db.close()
+            if _is_full_error(exc, path):
+                raise JournalFull(f"cannot open the journal {path}: {exc}: free disk space") from exc
             raise JournalError(f"cannot open the journal {path}: {exc}") from exc
+        except ValueError:
+            if db is not None:
+                db.close()
+            if not existed and path.is_file() and path.stat().st_size == 0:
+                path.unlink()  # the empty file SQLite created for the check
+            raise
         self._db = db
 
     def close(self) -> None:
         self._db.close()
 
+    def usage(self) -> JournalUsage:
+        """How full the journal is: two PRAGMAs and a statvfs, cheap enough for every append."""
+        try:
+            used = self._used_bytes()
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot read the size of the journal {self.path}: {exc}") from exc
+        return JournalUsage(used, self.max_bytes, self._disk_free(), self._info_refused)
+
     def append(self, event: Event, alerted_mono_ns: int | None = None) -> Event:
         """Commit `event` durably and return it with its sequence number.
 
         Appending an event id that is already journaled returns the stored event unchanged.
+        Raises `JournalFull` for an info event that would eat into the reserve kept for alarms and
+        faults, and for any event when the budget or the disk is exhausted.
         """
         try:
             existing = self.get(event.event_id)
-            if existing is not None:
-                return existing.event
-            cursor = self._db.execute(
-                "INSERT INTO events (event_id, type, priority, hub_id, household_id, county, device_id,"
-                " device_counter, occurred_at, observed_mono_ns, alerted_mono_ns, journaled_mono_ns, details)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    event.event_id,
-                    event.type.value,
-                    int(event.priority),
-                    event.hub_id,
-                    event.household_id,
-                    event.county,
-                    event.device_id,
-                    event.device_counter,
-                    event.occurred_at.astimezone(UTC).isoformat(),
-                    event.observed_mono_ns,
-                    alerted_mono_ns,
-                    time.monotonic_ns(),
-                    json.dumps(event.details, ensure_ascii=False, sort_keys=True),
-                ),
-            )
         except sqlite3.Error as exc:
             raise JournalError(f"cannot write event {event.event_id} to {self.path}: {exc}") from exc
+        if existing is not None:
+            return existing.event
+        details = json.dumps(event.details, ensure_ascii=False, sort_keys=True)
+        row = (
+            event.event_id,
+            event.type.value,
+            int(event.priority),
+            event.hub_id,
+            event.household_id,
+            event.county,
+            event.device_id,
+            event.device_counter,
+            event.occurred_at.astimezone(UTC).isoformat(),
+            event.observed_mono_ns,
+            alerted_mono_ns,
+            time.monotonic_ns(),
+            details,
+        )
+        info = event.priority == Priority.INFO
+        try:
+            if info:
+                self._admit_info(event, _estimated_bytes(event, details))
+            cursor = self._write(
+                f"write event {event.event_id}",
+                lambda: self._db.execute(
+                    "INSERT INTO events (event_id, type, priority, hub_id, household_id, county, device_id,"
+                    " device_counter, occurred_at, observed_mono_ns, alerted_mono_ns, journaled_mono_ns, details)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    row,
+                ),
+            )
+        except JournalFull:
+            if info:
+                self._count_refused(event.event_id)
+            raise
         seq = cursor.lastrowid
         assert seq is not None
         return event.with_seq(seq)
 
     def mark_acked(self, event_id: str, via: str, at: datetime | None = None) -> JournalRecord | None:
-        """Record the centre's acknowledgement. Returns the record if this ack was the first, else None."""
+        """Record the centre's acknowledgement. Returns the record if this ack was the first, else None.
+
+        With no room left to record it, the event is deleted instead (it is at the centre)."""
         moment = (at or datetime.now(UTC)).astimezone(UTC).isoformat()
         try:
-            cursor = self._db.execute(
-                "UPDATE events SET acked_at = ?, acked_mono_ns = ?, ack_via = ?"
-                " WHERE event_id = ? AND acked_at IS NULL",
-                (moment, time.monotonic_ns(), via, event_id),
+            cursor = self._write(
+                f"record the ack of {event_id}",
+                lambda: self._db.execute(
+                    "UPDATE events SET acked_at = ?, acked_mono_ns = ?, ack_via = ?"
+                    " WHERE event_id = ? AND acked_at IS NULL",
+                    (moment, time.monotonic_ns(), via, event_id),
+                ),
             )
-        except sqlite3.Error as exc:
-            raise JournalError(f"cannot record the ack of {event_id} in {self.path}: {exc}") from exc
+        except JournalFull:
+            return self._delete_acked([(event_id, via)], moment)[0]
         if cursor.rowcount == 0:
             return None
         return self.get(event_id)
 
     def mark_acked_many(self, acks: list[tuple[str, str]]) -> list[JournalRecord | None]:
-        """Several acks in one transaction (one fsync): a drain of thousands of acks keeps up."""
+        """Several acks in one transaction (one fsync): a drain of thousands of acks keeps up.
+
+        With no room left to record them, the events are deleted instead (they are at the centre)."""
         moment = datetime.now(UTC).isoformat()
-        newly: list[bool] = []
-        try:
+
+        def update_all() -> list[bool]:
+            newly: list[bool] = []
             self._db.execute("BEGIN")
             for event_id, via in acks:
                 cursor = self._db.execute(
@@ -162,11 +309,35 @@ class Journal:
                 )
                 newly.append(cursor.rowcount > 0)
             self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise JournalError(f"cannot record {len(acks)} ack(s) in {self.path}: {exc}") from exc
+            return newly
+
+        try:
+            newly = self._write(f"record {len(acks)} ack(s)", update_all)
+        except JournalFull:
+            return self._delete_acked(acks, moment)
         return [self.get(event_id) if new else None for (event_id, _), new in zip(acks, newly, strict=True)]
+
+    def _delete_acked(self, acks: list[tuple[str, str]], moment: str) -> list[JournalRecord | None]:
+        """No room to mark events acknowledged: delete them instead. They are at the centre, and a
+        journal full of unacknowledged events has nothing else to free (marking needs room, deleting
+        frees it). Returns the records as marking them would have; they are no longer stored."""
+
+        def delete_all() -> list[JournalRecord | None]:
+            deleted: list[JournalRecord | None] = []
+            self._db.execute("BEGIN")
+            for event_id, via in acks:
+                record = self.get(event_id)
+                if record is None or record.acknowledged:
+                    deleted.append(None)
+                    continue
+                self._db.execute("DELETE FROM events WHERE event_id = ?", (event_id,))
+                deleted.append(
+                    dataclasses.replace(record, acked_at=moment, acked_mono_ns=time.monotonic_ns(), ack_via=via)
+                )
+            self._db.execute("COMMIT")
+            return deleted
+
+        return self._write(f"delete {len(acks)} acknowledged event(s) to make room", delete_all)
 
     def get(self, event_id: str) -> JournalRecord | None:
         row = self._db.execute(f"SELECT {_COLUMNS} FROM events WHERE event_id = ?", (event_id,)).fetchone()
@@ -185,19 +356,58 @@ class Journal:
 
     def save_window(self, window_id: str, deadline: datetime, data: dict[str, Any]) -> None:
         """A rule's open window (a fall's cancel window, a check-in): it survives a restart."""
-        try:
-            self._db.execute(
+        encoded = json.dumps(data, ensure_ascii=False)
+        self._write(
+            f"save window {window_id}",
+            lambda: self._db.execute(
                 "INSERT OR REPLACE INTO windows (id, deadline, data) VALUES (?,?,?)",
-                (window_id, deadline.isoformat(), json.dumps(data, ensure_ascii=False)),
-            )
-        except sqlite3.Error as exc:
-            raise JournalError(f"cannot save window {window_id} in {self.path}: {exc}") from exc
+                (window_id, deadline.isoformat(), encoded),
+            ),
+        )
 
     def delete_window(self, window_id: str) -> None:
-        try:
-            self._db.execute("DELETE FROM windows WHERE id = ?", (window_id,))
-        except sqlite3.Error as exc:
-            raise JournalError(f"cannot close window {window_id} in {self.path}: {exc}") from exc
+        self._write(
+            f"close window {window_id}", lambda: self._db.execute("DELETE FROM windows WHERE id = ?", (window_id,))
+        )
+
+    def start_sequence_after(self, seq: int) -> None:
+        """Number the next event above `seq`: for a journal started over after the old one was lost,
+        so that the centre never sees a sequence number twice."""
+
+        def raise_floor() -> None:
+            self._db.execute("BEGIN")
+            cursor = self._db.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'events'", (seq,))
+            if cursor.rowcount == 0:
+                self._db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (seq,))
+            self._db.execute("COMMIT")
+
+        self._write("raise the sequence floor", raise_floor)
+
+    def mark_delivered(self, event_id: str, via: str, acknowledged: bool) -> bool:
+        """Record that a failover path (dc09, sms) carried an event; True the first time for that path.
+        (The county centre's ack over MQTT is `mark_acked`.)"""
+        moment = datetime.now(UTC).isoformat()
+        cursor = self._write(
+            f"record the {via} delivery of {event_id}",
+            lambda: self._db.execute(
+                "INSERT OR IGNORE INTO deliveries (event_id, via, acknowledged, at) VALUES (?,?,?,?)",
+                (event_id, via, int(acknowledged), moment),
+            ),
+        )
+        return cursor.rowcount > 0
+
+    def deliveries(self, event_ids: list[str]) -> dict[str, dict[str, bool]]:
+        """For each event id that a failover path carried: {path: acknowledged}."""
+        found: dict[str, dict[str, bool]] = {}
+        for start in range(0, len(event_ids), 500):
+            chunk = event_ids[start : start + 500]
+            rows = self._db.execute(
+                f"SELECT event_id, via, acknowledged FROM deliveries WHERE event_id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ).fetchall()
+            for event_id, via, acknowledged in rows:
+                found.setdefault(event_id, {})[via] = bool(acknowledged)
+        return found
 
     def windows(self) -> list[tuple[str, datetime, dict[str, Any]]]:
         rows = self._db.execute("SELECT id, deadline, data FROM windows ORDER BY deadline").fetchall()
@@ -212,6 +422,193 @@ class Journal:
         for priority, count in rows:
             counts[labels[priority]] = count
         return counts
+
+    # -- room -------------------------------------------------------------------------------------
+
+    def _used_bytes(self) -> int:
+        page_count = self._db.execute("PRAGMA page_count").fetchone()[0]
+        freelist_count = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        return int(page_count - freelist_count) * self._page_size
+
+    def _disk_free(self) -> int | None:
+        try:
+            return shutil.disk_usage(self.path.parent).free
+        except OSError:
+            return None
+
+    def _info_limit(self) -> int | None:
+        """The bytes info events may fill: the budget less the reserve for alarms and faults."""
+        if self.max_bytes is None:
+            return None
+        return int(self.max_bytes * (1.0 - self.reserve_fraction))
+
+    def _admit_info(self, event: Event, need: int) -> None:
+        """Raise JournalFull unless an info event of about `need` bytes leaves the reserve intact;
+        delete acknowledged events first if that makes room within the budget."""
+        limit = self._info_limit()
+        if limit is None and self.min_free_bytes == 0:
+            return
+        try:
+            used = self._used_bytes()
+            pruned = 0
+            if limit is not None and used + need > limit:
+                pruned = self._prune_acked(limit - need)
+                used = self._used_bytes()
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot write event {event.event_id} to {self.path}: {exc}") from exc
+        free = self._disk_free()
+        over_budget = limit is not None and used + need > limit
+        low_disk = self.min_free_bytes > 0 and free is not None and free - need < self.min_free_bytes
+        if not over_budget and not low_disk:
+            return
+        reasons = []
+        if over_budget:
+            assert self.max_bytes is not None and limit is not None
+            reasons.append(
+                f"{used} of {self.max_bytes} bytes used, the last {self.max_bytes - limit} kept for alarms and faults"
+            )
+        if low_disk:
+            reasons.append(f"{free} bytes free on disk, the last {self.min_free_bytes} kept for alarms and faults")
+        if pruned:
+            reasons.append(f"{pruned} acknowledged event(s) deleted, not enough")
+        self._count_refused(event.event_id)
+        usage = JournalUsage(used, self.max_bytes, free, self._info_refused)
+        raise JournalFull(
+            f"info event {event.event_id} ({event.type.value}) was not kept: the journal {self.path} is within"
+            f" its reserve ({'; '.join(reasons)}): free disk space or raise the journal's max size",
+            usage,
+        )
+
+    def _prune_acked(self, target_used: int) -> int:
+        """Delete acknowledged events, oldest first, in bounded batches, until at most `target_used`
+        bytes are in use, none is left, or the batches for one call are spent. Returns how many."""
+        deleted = 0
+        for _ in range(_PRUNE_MAX_BATCHES):
+            if self._used_bytes() <= target_used:
+                break
+            try:
+                cursor = self._db.execute(
+                    "DELETE FROM events WHERE seq IN"
+                    " (SELECT seq FROM events WHERE acked_at IS NOT NULL ORDER BY seq LIMIT ?)",
+                    (_PRUNE_BATCH,),
+                )
+            except sqlite3.Error:
+                self._rollback()
+                break  # the write that needed the room reports the failure
+            if cursor.rowcount <= 0:
+                break
+            deleted += cursor.rowcount
+        if deleted:
+            with contextlib.suppress(sqlite3.Error):  # failover records of events no longer kept
+                self._db.execute("DELETE FROM deliveries WHERE event_id NOT IN (SELECT event_id FROM events)")
+        return deleted
+
+    def _write(self, what: str, write: Callable[[], T]) -> T:
+        """Run `write` (one transaction); roll back on failure. Out of room, delete acknowledged events
+        and try once more; then raise JournalFull. Any other failure raises JournalError."""
+        failure: sqlite3.Error
+        try:
+            return write()
+        except sqlite3.Error as exc:
+            self._rollback()
+            if not _is_full_error(exc, self.path):
+                raise JournalError(f"cannot {what} in {self.path}: {exc}") from exc
+            failure = exc
+        try:
+            used, limit = self._used_bytes(), self._info_limit()
+            # Restore the reserve if it is spent; else make a little room (a full disk, not the budget).
+            target = limit if limit is not None and used > limit else used - _PRUNE_HEADROOM_PAGES * self._page_size
+            pruned = self._prune_acked(target)
+        except sqlite3.Error:
+            pruned = 0
+        if pruned:
+            try:
+                return write()
+            except sqlite3.Error as exc:
+                self._rollback()
+                if not _is_full_error(exc, self.path):
+                    raise JournalError(f"cannot {what} in {self.path}: {exc}") from exc
+                failure = exc
+        usage = self._usage_or_none()
+        numbers = ""
+        if usage is not None:
+            budget = f" of {usage.max_bytes}" if usage.max_bytes is not None else ""
+            free = f"; {usage.disk_free_bytes} bytes free on disk" if usage.disk_free_bytes is not None else ""
+            numbers = f" ({usage.used_bytes}{budget} bytes used{free})"
+        raise JournalFull(
+            f"cannot {what} in {self.path}: {failure}{numbers}: free disk space or raise the journal's max size",
+            usage,
+        ) from failure
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+
+    def _usage_or_none(self) -> JournalUsage | None:
+        try:
+            return self.usage()
+        except JournalError:
+            return None
+
+    def _count_refused(self, event_id: str) -> None:
+        """Count an info event not kept, once however often it is retried (ids remembered: bounded)."""
+        if event_id in self._refused:
+            return
+        self._info_refused += 1
+        self._refused[event_id] = None
+        if len(self._refused) > _REFUSED_IDS_KEPT:
+            del self._refused[next(iter(self._refused))]
+
+
+def _estimated_bytes(event: Event, details: str) -> int:
+    """About how many bytes an event takes in the table and its indexes (an over-estimate)."""
+    text = (event.event_id, event.type.value, event.hub_id, event.household_id, event.county, event.device_id or "")
+    return sum(len(t.encode()) for t in text) + len(details.encode()) + len(event.event_id) + 200
+
+
+def _is_full_error(exc: BaseException, path: Path) -> bool:
+    """Whether a failed write failed for want of room: SQLITE_FULL (the budget, or ENOSPC), an OS error
+    ENOSPC/EFBIG/EDQUOT, or an I/O error on a file at the file size limit or on a nearly full disk
+    (SQLite reports EFBIG and EDQUOT as plain I/O errors)."""
+    if isinstance(exc, OSError):
+        return exc.errno in _FULL_ERRNOS
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if (code is not None and code & 0xFF == sqlite3.SQLITE_FULL) or "database or disk is full" in str(exc):
+        return True
+    if (code is not None and code & 0xFF == sqlite3.SQLITE_IOERR) or "disk I/O error" in str(exc):
+        return _storage_exhausted(path)
+    return False
+
+
+def _storage_exhausted(path: Path) -> bool:
+    try:
+        if shutil.disk_usage(path.parent).free < _NEARLY_FULL_DISK:
+            return True
+    except OSError:
+        pass
+    limit = _file_size_limit()
+    if limit is None:
+        return False
+    for name in (str(path), f"{path}-wal", f"{path}-journal"):
+        try:
+            if os.stat(name).st_size + _MAX_WRITE >= limit:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _file_size_limit() -> int | None:
+    """This process's file size limit (RLIMIT_FSIZE), None if unlimited."""
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY or soft < 0 else soft
 
 
 def _record(row: tuple[Any, ...]) -> JournalRecord:
@@ -249,18 +646,32 @@ def _record(row: tuple[Any, ...]) -> JournalRecord:
     return JournalRecord(event, alerted_mono_ns, journaled_mono_ns, acked_at, acked_mono_ns, ack_via)
 
 
-T = TypeVar("T")
-
-
 class AsyncJournal:
-    """The journal for asyncio code: every call runs on one dedicated thread, in order."""
+    """The journal for asyncio code: every call runs on one dedicated thread, in order.
 
-    def __init__(self, path: Path) -> None:
+    Takes the same options as `Journal`."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int | None = None,
+        reserve_fraction: float = 0.1,
+        min_free_bytes: int = 0,
+    ) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self._acks: list[tuple[str, str, asyncio.Future[JournalRecord | None]]] = []
         self._ack_flusher: asyncio.Task[None] | None = None
         try:
-            self._journal = self._executor.submit(Journal, path).result()
+            self._journal = self._executor.submit(
+                functools.partial(
+                    Journal,
+                    path,
+                    max_bytes=max_bytes,
+                    reserve_fraction=reserve_fraction,
+                    min_free_bytes=min_free_bytes,
+                )
+            ).result()
         except BaseException:
             self._executor.shutdown(wait=False)
             raise
@@ -268,6 +679,18 @@ class AsyncJournal:
     @property
     def path(self) -> Path:
         return self._journal.path
+
+    @property
+    def max_bytes(self) -> int | None:
+        return self._journal.max_bytes
+
+    @property
+    def reserve_fraction(self) -> float:
+        return self._journal.reserve_fraction
+
+    @property
+    def min_free_bytes(self) -> int:
+        return self._journal.min_free_bytes
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -303,6 +726,9 @@ class AsyncJournal:
     async def pending_counts(self) -> dict[str, int]:
         return await self._run(self._journal.pending_counts)
 
+    async def usage(self) -> JournalUsage:
+        return await self._run(self._journal.usage)
+
     async def save_window(self, window_id: str, deadline: datetime, data: dict[str, Any]) -> None:
         await self._run(self._journal.save_window, window_id, deadline, data)
 
@@ -311,6 +737,15 @@ class AsyncJournal:
 
     async def windows(self) -> list[tuple[str, datetime, dict[str, Any]]]:
         return await self._run(self._journal.windows)
+
+    async def start_sequence_after(self, seq: int) -> None:
+        await self._run(self._journal.start_sequence_after, seq)
+
+    async def mark_delivered(self, event_id: str, via: str, acknowledged: bool) -> bool:
+        return await self._run(self._journal.mark_delivered, event_id, via, acknowledged)
+
+    async def deliveries(self, event_ids: list[str]) -> dict[str, dict[str, bool]]:
+        return await self._run(self._journal.deliveries, event_ids)
 
     def close(self) -> None:
         self._executor.submit(self._journal.close).result()

@@ -22,16 +22,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cloud_bridge.failover import Dc09Path, Failover, SmsPath
 from cloud_bridge.mqtt import MqttUplink
 from cloud_bridge.outbox import Outbox, RetryPolicy
 from edge.audio import PROMPTS, AplayPlayer, Player, RecordingPlayer, SilentPlayer, VoicePrompts
 from edge.gpio import PinInputs, Siren, StatusLed, load_pin_factory
 from edge.zigbee import ZigbeeRadio
 from hub.clock import Clock, SimulatedClock, SystemClock
-from hub.config import AudioConfig, HubConfig
+from hub.config import AudioConfig, Dc09UplinkConfig, HubConfig, SmsUplinkConfig
 from hub.control import ControlServer, socket_path
-from hub.journal import AsyncJournal, JournalError
-from hub.model import Device, Event, EventType, Transport
+from hub.journal import AsyncJournal, JournalError, JournalFull
+from hub.model import Device, Event, EventType, Priority, Transport
 from hub.notify import sd_notify
 from hub.rules import Rules
 from hub.supervision import Supervisor
@@ -56,6 +57,9 @@ class HubService:
         self.config = config
         self._tasks: set[asyncio.Task[Any]] = set()
         self._commands_done: deque[str] = deque(maxlen=256)
+        self._acknowledged: dict[str, str] = {}  # recently acknowledged event id -> the path that did it
+        self._info_dropped = 0
+        self._storage_fault_said = False
         self.ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -110,9 +114,17 @@ class HubService:
         self.outbox.extend(backlog)
         if backlog:
             log.warning("%d event(s) from before the restart still await the centre; resending", len(backlog))
+        self.failover = self._failover(config)
+        deliveries = await self.journal.deliveries([e.event_id for e in backlog if e.type.is_alarm])
+        for event in backlog:
+            paths = deliveries.get(event.event_id, {})
+            done_via = next((path for path, acknowledged in paths.items() if acknowledged), None)
+            self.failover.track(event, done_via=done_via, sms_sent="sms" in paths)
+            if done_via is not None:  # acknowledged before the restart: not again, no escalation
+                self._acknowledged[event.event_id] = done_via
         self._journal_ready.set()
         self.rules.start(await self.journal.windows())
-        self.rules.watch_pending(backlog)
+        self.rules.watch_pending([e for e in backlog if e.event_id not in self._acknowledged])
 
         # 3. Radios, supervision, the local control socket and the uplink: each restarted if it dies.
         self.supervisor = Supervisor(origin, household.devices)
@@ -161,9 +173,18 @@ class HubService:
         with contextlib.suppress(OSError):
             await self.control.start()
         self.uplink = MqttUplink(
-            config.mqtt, config.hub_id, config.county, self.outbox, self._on_ack, self._on_command, VERSION
+            config.mqtt,
+            config.hub_id,
+            config.county,
+            self.outbox,
+            self._on_ack,
+            self._on_command,
+            VERSION,
+            heartbeat_extra=self.failover.heartbeat if self.failover.active else None,
         )
         forever.append(self._forever("mqtt-uplink", self.uplink.run))
+        if self.failover.active:
+            forever.append(self._forever("failover", self.failover.run))
         sd_notify("READY=1")
         self.ready.set()
         log.info(
@@ -186,6 +207,22 @@ class HubService:
             self.voice.close()
             self.journal.close()
 
+    def _failover(self, config: HubConfig) -> Failover:
+        """DC-09 and SMS behind the MQTT uplink, in the order `uplinks` lists them."""
+        dc09 = next((u for u in config.uplinks if isinstance(u, Dc09UplinkConfig)), None)
+        sms = next((u for u in config.uplinks if isinstance(u, SmsUplinkConfig)), None)
+        zones = {device.id: index for index, device in enumerate(config.devices, start=1)}
+        timezone = config.rules.timezone
+        return Failover(
+            order=[uplink.type for uplink in config.uplinks],
+            primary_up=lambda: hasattr(self, "uplink") and self.uplink.connected.is_set(),
+            dc09=Dc09Path(dc09, zones) if dc09 else None,
+            sms=SmsPath(sms, timezone) if sms else None,
+            clock=self.clock,
+            sms_after_s=config.rules.escalation.ack_timeout_s,
+            on_delivered=self._on_delivered,
+        )
+
     def _forever(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
         """Run a long-lived part of the hub; if it ever ends or fails, log it for a person and restart it."""
 
@@ -203,30 +240,53 @@ class HubService:
         return asyncio.create_task(keep_running(), name=name)
 
     async def _open_journal(self, path: Path) -> AsyncJournal:
-        """The journal; a damaged file is moved aside and a new one started; with no writable disk at
-        all, a journal in memory (alarms still flow; a restart would lose what is pending)."""
+        """The journal. A damaged file is moved aside and a new one started; a journal that has gone
+        (the marker says one was made here) is reported; with no writable disk at all, a journal in
+        memory (alarms still flow; a restart would lose what is pending). A journal started afresh
+        numbers its events from the current time in milliseconds, so its sequence numbers never
+        repeat those the centre has already had from the lost one."""
+        marker = path.with_name(path.name + ".created")
+        options = self.config.journal
+        settings = {
+            "max_bytes": int(options.max_mb * 1024 * 1024),
+            "reserve_fraction": options.reserve_percent / 100,
+            "min_free_bytes": int(options.min_free_mb * 1024 * 1024),
+        }
+        problem: str | None = None
+        action = ""
+        if await asyncio.to_thread(_journal_lost, path, marker):
+            problem = f"the journal {path} has gone (deleted?); events not yet acknowledged then are lost"
+            action = "a new one was started"
+            log.critical("%s; %s", problem, action)
         try:
-            return await asyncio.to_thread(AsyncJournal, path)
+            journal = await asyncio.to_thread(lambda: AsyncJournal(path, **settings))  # type: ignore[arg-type]
+        except JournalFull as exc:  # a full disk, not a damaged file: keep it, run in memory
+            log.critical("%s: keeping events in memory only until there is room", exc)
+            problem, action = str(exc), "kept in memory only (disk full)"
+            journal = await asyncio.to_thread(AsyncJournal, Path(":memory:"))
         except JournalError as exc:
             log.critical("%s", exc)
             problem = str(exc)
-        aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
-        try:
-            for suffix in ("", "-wal", "-shm"):
-                damaged = path.with_name(path.name + suffix)
-                if damaged.exists():
-                    damaged.replace(aside.with_name(aside.name + suffix))
-            journal = await asyncio.to_thread(AsyncJournal, path)
-            log.critical("the damaged journal was moved to %s; a new one was started", aside)
-            where = f"moved aside to {aside.name}"
-        except (OSError, JournalError) as exc:
-            log.critical("no journal can be written in %s (%s): keeping events in memory only", path.parent, exc)
-            journal = await asyncio.to_thread(AsyncJournal, Path(":memory:"))
-            where = "kept in memory only"
-        fault = self.config.origin().event(
-            EventType.FAULT_DEVICE, None, component="journal", problem=problem, action=where
-        )
-        self._tasks.add(asyncio.create_task(self._report_after_open(fault)))
+            aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+            try:
+                for suffix in ("", "-wal", "-shm"):
+                    damaged = path.with_name(path.name + suffix)
+                    if damaged.exists():
+                        damaged.replace(aside.with_name(aside.name + suffix))
+                journal = await asyncio.to_thread(lambda: AsyncJournal(path, **settings))  # type: ignore[arg-type]
+                log.critical("the damaged journal was moved to %s; a new one was started", aside)
+                action = f"moved aside to {aside.name}"
+            except (OSError, JournalError) as again:
+                log.critical("no journal can be written in %s (%s): keeping events in memory only", path.parent, again)
+                journal = await asyncio.to_thread(AsyncJournal, Path(":memory:"))
+                action = "kept in memory only"
+        if problem is not None:
+            await journal.start_sequence_after(int(time.time() * 1000))
+            fault = self.config.origin().event(
+                EventType.FAULT_DEVICE, None, component="journal", problem=problem, action=action
+            )
+            self._tasks.add(asyncio.create_task(self._report_after_open(fault)))
+        await asyncio.to_thread(_mark_journal_created, path, marker)
         return journal
 
     async def _report_after_open(self, fault: Event) -> None:
@@ -265,6 +325,7 @@ class HubService:
         return {
             "hub_id": self.config.hub_id,
             "uplink_connected": self.uplink.connected.is_set(),
+            "uplinks": self.failover.heartbeat()["uplinks"],
             "pending": self.outbox.pending_counts(),
             "ble": None
             if ble is None
@@ -319,6 +380,19 @@ class HubService:
             try:
                 journaled = await self.journal.append(event, alerted_mono_ns)
                 break
+            except JournalFull as exc:
+                if event.priority is Priority.INFO:  # the room left is kept for alarms and faults
+                    self._dropped_info(event, exc)
+                    return
+                log.critical("%s; the %s is held in memory and retried in %.1f s", exc, event.type.value, delay)
+                if event.type.is_alarm and not sent_provisionally and time.monotonic() - started >= PROVISIONAL_AFTER_S:
+                    provisional = event.with_seq(PROVISIONAL_SEQ_BASE + int(time.time() * 1000))
+                    log.critical("sending %s %s before it is on disk", event.type.value, event.event_id)
+                    self.outbox.add(provisional)
+                    self.failover.track(provisional)
+                    sent_provisionally = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
             except JournalError as exc:
                 log.critical("%s; the event is held in memory and retried in %.1f s", exc, delay)
                 if event.type.is_alarm and not sent_provisionally and time.monotonic() - started >= PROVISIONAL_AFTER_S:
@@ -330,11 +404,43 @@ class HubService:
                         provisional.seq,
                     )
                     self.outbox.add(provisional)
+                    self.failover.track(provisional)
                     sent_provisionally = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         if not sent_provisionally:
             self.outbox.add(journaled)
+            self.failover.track(journaled)
+        if event.priority is Priority.INFO and self._storage_fault_said:  # room again: say so
+            self._storage_fault_said = False
+            restore = self.config.origin().event(
+                EventType.RESTORE_DEVICE, None, component="journal", info_dropped=self._info_dropped
+            )
+            self.rules.on_event(restore)
+
+    def _dropped_info(self, event: Event, full: JournalFull) -> None:
+        """An info event the full journal refused: dropped, counted, and said once per episode."""
+        self._info_dropped += 1
+        log.error(
+            "storage full: %s %s dropped (%d info event(s) dropped so far)",
+            event.type.value,
+            event.event_id,
+            self._info_dropped,
+        )
+        if self._storage_fault_said:
+            return
+        self._storage_fault_said = True
+        usage = full.usage
+        fault = self.config.origin().event(
+            EventType.FAULT_DEVICE,
+            None,
+            component="journal",
+            problem="storage full: info events are dropped, alarms and faults are kept",
+            used_bytes=None if usage is None else usage.used_bytes,
+            max_bytes=None if usage is None else usage.max_bytes,
+            disk_free_bytes=None if usage is None else usage.disk_free_bytes,
+        )
+        self.rules.on_event(fault)
 
     async def _on_ack(self, event_id: str, ack: dict[str, Any]) -> None:
         event = self.outbox.ack(event_id)
@@ -342,11 +448,33 @@ class HubService:
             log.debug("ack for %s ignored: not pending (already acknowledged or unknown)", event_id)
             return
         log.info("centre acknowledged %s #%s", event.type.value, event.seq)
+        self._on_delivered(event, "mqtt", True)
+        self._journal_later(self.journal.mark_acked(event_id, "mqtt"))
+
+    def _on_delivered(self, event: Event, via: str, acknowledged: bool) -> None:
+        """A path carried `event`: the first acknowledgement on any path tells the person and ends
+        failover; a later one from another path is recorded and changes nothing else."""
+        if via != "mqtt":
+            self._journal_later(self.journal.mark_delivered(event.event_id, via, acknowledged))
+        if not acknowledged:
+            return
+        first = self._acknowledged.setdefault(event.event_id, via)
+        while len(self._acknowledged) > 10_000:
+            del self._acknowledged[next(iter(self._acknowledged))]
+        self.failover.delivered(event.event_id, via)
+        if first != via:
+            log.info("%s #%s also acknowledged over %s (first over %s)", event.type.value, event.seq, via, first)
+            return
+        if via != "mqtt":
+            log.warning("%s #%s acknowledged over %s", event.type.value, event.seq, via)
         self.rules.on_acknowledged(event)  # first: the person hears it even if the disk is failing
 
-        async def journal_it() -> None:  # not awaited here: acks arriving together commit together
+    def _journal_later(self, write: Awaitable[Any]) -> None:
+        """Journal an ack in the background: acks arriving together commit together."""
+
+        async def journal_it() -> None:
             try:
-                await self.journal.mark_acked(event_id, "mqtt")
+                await write
             except JournalError as exc:
                 log.error("%s; after a restart the event is sent again and the centre drops the copy", exc)
 
@@ -373,6 +501,17 @@ class HubService:
         self._commands_done.append(cmd_id)
         result = self.rules.on_command(cmd["command"], cmd.get("args", {}))
         log.info("command %s (%s) from the centre: %s", cmd["command"], cmd_id, result)
+
+
+def _journal_lost(path: Path, marker: Path) -> bool:
+    """Whether a journal was made here before (its marker is there) and has gone since."""
+    return marker.exists() and not path.exists()
+
+
+def _mark_journal_created(path: Path, marker: Path) -> None:
+    with contextlib.suppress(OSError):
+        if not marker.exists() and path.exists():
+            marker.write_text(f"journal created {datetime.now(UTC).isoformat()}\n")
 
 
 def make_clock(config: HubConfig) -> Clock:

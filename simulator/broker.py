@@ -69,11 +69,12 @@ class PrivateBroker:
         self.stop()
         raise BrokerError(f"mosquitto did not listen on {self.host}:{self.port} within {timeout} s")
 
-    def stop(self) -> None:
+    def stop(self, kill: bool = False) -> None:
+        """Stop mosquitto: SIGTERM (a clean shutdown), or with `kill` SIGKILL (a crash)."""
         process, self._process = self._process, None
         if process is None:
             return
-        process.terminate()
+        process.kill() if kill else process.terminate()
         try:
             process.wait(timeout=5)
         except subprocess.TimeoutExpired:

@@ -1,10 +1,13 @@
 """The reference monitoring centre: subscribes to every hub's events, keeps one record per event id
 however often it arrives, and acknowledges every copy.
 
-Several centre processes share the load through the MQTT 5 shared subscription
-`$share/centre/anju/v1/+/+/event`; they may share one SQLite file (WAL, busy timeout) because the
-event id is the primary key. An event is committed (fsync) before its ack is published, so an
-acknowledged alarm is never lost by the centre either. `anju centre` runs it.
+Several centre processes share the load through the MQTT 5 shared subscriptions
+`$share/centre/anju/v1/+/+/event` and `.../events`; they may share one SQLite file (WAL, busy
+timeout) because the event id is the primary key. An event is committed (fsync) before its ack is
+published, so an acknowledged alarm is never lost by the centre either. A lone event (`event`) is
+answered by an `ack`; a batch (`events`, up to 100) is stored in one transaction and answered by
+one `acks` message naming every item, or, if the transaction fails, by nothing (the hub resends).
+`anju centre` runs it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 
 SHARE_GROUP = "centre"
 EVENT_FILTER = f"$share/{SHARE_GROUP}/anju/v1/+/+/event"
+EVENTS_FILTER = f"$share/{SHARE_GROUP}/anju/v1/+/+/events"
 STATUS_FILTER = "anju/v1/+/+/status"
 HEARTBEAT_FILTER = f"$share/{SHARE_GROUP}/anju/v1/+/+/heartbeat"
 
@@ -105,6 +109,59 @@ class CentreStore:
         ).fetchone()
         return Received(int(row[0]), str(row[1]))
 
+    def record_events(self, messages: list[dict[str, Any]], received_by: str) -> list[Received]:
+        """Store a batch in one transaction (one fsync): all of it, or, raising, none of it.
+
+        One `Received` per message, in order, as `record_event` would give for each in turn: an id
+        the store had already, or that came earlier in the same batch, is a duplicate."""
+        ids = [message["event_id"] for message in messages]
+        now, mono_ns = iso_now(), time.monotonic_ns()
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")  # the write lock first: another worker cannot slip in between
+        try:
+            marks = ",".join("?" * len(set(ids)))
+            known = {
+                row[0]: (int(row[1]), str(row[2]))
+                for row in db.execute(
+                    f"SELECT event_id, copies, first_received_at FROM events WHERE event_id IN ({marks})",
+                    list(dict.fromkeys(ids)),
+                )
+            }
+            db.executemany(
+                "INSERT INTO events (event_id, hub_id, county, seq, type, priority, device_id, occurred_at,"
+                " first_received_at, first_received_mono_ns, received_by, message)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (event_id) DO UPDATE SET copies = copies + 1",
+                [
+                    (
+                        m["event_id"],
+                        m["hub_id"],
+                        m["county"],
+                        m["seq"],
+                        m["type"],
+                        m["priority"],
+                        m["device_id"],
+                        m["occurred_at"],
+                        now,
+                        mono_ns,
+                        received_by,
+                        json.dumps(m, ensure_ascii=False),
+                    )
+                    for m in messages
+                ],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        received: list[Received] = []
+        for event_id in ids:
+            copies, first = known.get(event_id, (0, now))
+            known[event_id] = (copies + 1, first)
+            received.append(Received(copies + 1, first))
+        return received
+
     def record_status(self, hub_id: str, county: str, state: str) -> None:
         self._db.execute(
             "INSERT INTO hubs (hub_id, county, state, state_at) VALUES (?,?,?,?)"
@@ -159,9 +216,9 @@ class Centre:
                 async with mqtt_client(
                     self.host, self.port, f"{self.centre_id}-{os.getpid()}", keepalive=30, tls_context=self.tls
                 ) as client:
-                    await client.subscribe(EVENT_FILTER, qos=1)
-                    await client.subscribe(STATUS_FILTER, qos=1)
-                    await client.subscribe(HEARTBEAT_FILTER, qos=0)
+                    await client.subscribe(
+                        [(EVENT_FILTER, 1), (EVENTS_FILTER, 1), (STATUS_FILTER, 1), (HEARTBEAT_FILTER, 0)]
+                    )
                     self.connected.set()
                     delay = 0.2
                     log.info("centre %s listening on %s:%d", self.centre_id, self.host, self.port)
@@ -180,7 +237,15 @@ class Centre:
         try:
             await client.publish(ack_topic, json.dumps(ack).encode(), qos=1)
         except aiomqtt.MqttError as exc:
-            log.warning("ack for %s not sent (%s); the hub will send the event again", ack["event_id"], exc)
+            what = ack["event_id"] if "event_id" in ack else f"a batch of {len(ack['acks'])}"
+            log.warning("ack for %s not sent (%s); the hub will send the event(s) again", what, exc)
+
+    def _send_ack(self, client: aiomqtt.Client, ack_topic: str, ack: dict[str, Any]) -> None:
+        # Not awaited: waiting for each ack's PUBACK would cap the centre at one round trip per
+        # message. The events are committed already; a lost ack only means a resend.
+        task = asyncio.create_task(self._publish_ack(client, ack_topic, ack))
+        self._acks.add(task)
+        task.add_done_callback(self._acks.discard)
 
     async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         parts = str(message.topic).split("/")
@@ -219,11 +284,44 @@ class Centre:
                     "received_at": received.first_received_at,
                     "duplicate": received.duplicate,
                 }
-                # Not awaited: waiting for each ack's PUBACK would cap the centre at one round trip
-                # per event. The event is committed already; a lost ack only means a resend.
-                task = asyncio.create_task(self._publish_ack(client, topic(county, hub_id, "ack"), ack))
-                self._acks.add(task)
-                task.add_done_callback(self._acks.discard)
+                self._send_ack(client, topic(county, hub_id, "ack"), ack)
+        elif kind == "events":
+            events: list[dict[str, Any]] = body["events"]
+            strangers = {e["hub_id"] for e in events} - {hub_id}
+            if strangers:
+                log.warning("dropped a batch on %s's topic holding events of %s", hub_id, ", ".join(sorted(strangers)))
+                return
+            try:
+                stored = self.store.record_events(events, self.centre_id)
+            except sqlite3.Error as exc:  # none stored, so none acknowledged: the hub will send them again
+                log.error("could not store a batch of %d from %s (%s); none acknowledged", len(events), hub_id, exc)
+                return
+            if log.isEnabledFor(logging.INFO):
+                copies = sum(r.duplicate for r in stored)
+                log.info(
+                    "batch of %d from %s, #%d..#%d%s",
+                    len(events),
+                    hub_id,
+                    min(e["seq"] for e in events),
+                    max(e["seq"] for e in events),
+                    f" ({copies} duplicate)" if copies else "",
+                )
+            if self.acknowledge:
+                acks = {
+                    "schema": "anju.acks/1",
+                    "hub_id": hub_id,
+                    "centre_id": self.centre_id,
+                    "acks": [
+                        {
+                            "event_id": e["event_id"],
+                            "seq": e["seq"],
+                            "received_at": r.first_received_at,
+                            "duplicate": r.duplicate,
+                        }
+                        for e, r in zip(events, stored, strict=True)
+                    ],
+                }
+                self._send_ack(client, topic(county, hub_id, "acks"), acks)
         elif kind in ("status", "heartbeat"):
             try:
                 if kind == "status":

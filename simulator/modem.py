@@ -35,6 +35,7 @@ import logging
 import os
 import re
 import termios
+import time
 import tty
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,7 @@ class SentSms:
     text: str
     dcs: int
     mr: int
+    mono_ns: int = 0  # time.monotonic_ns() when the network took it
 
 
 class VirtualModem:
@@ -295,6 +297,6 @@ class VirtualModem:
             self._line("+CMS ERROR: 305")
             return
         self._mr = (self._mr + 1) % 256
-        self.sent.append(SentSms(number=number, text=text, dcs=self.dcs, mr=self._mr))
+        self.sent.append(SentSms(number=number, text=text, dcs=self.dcs, mr=self._mr, mono_ns=time.monotonic_ns()))
         log.info("virtual modem sends SMS %d to %s: %s", self._mr, number, text)
         self._write(f"\r\n+CMGS: {self._mr}\r\n\r\nOK\r\n".encode())

@@ -2,10 +2,13 @@
 
 It starts a private mosquitto on a free port, the reference centre (`anju centre`) and the hub
 (`anju run`) as separate processes, the hub configured with simulated pins (`anju-sim`) and a
-recording voice player. Then it plays the timeline: drives pins, stops and restarts the broker,
-SIGKILLs and restarts the hub. When every journaled event is acknowledged (or `settle` runs out)
-it reads the hub's journal, the centre's database and the recorded prompts and checks the
-expectations. The result's JSON shape is documented in docs/scenario-json.md.
+recording voice player. The hub reaches the broker through a TCP proxy (simulator.proxy) so a step
+can take the home's network down, black-hole it or make it flaky; a scenario with `uplinks` also
+gets a pysiaalarm DC-09 receiver (behind its own proxy) and a virtual 4G modem on a pty. Then it
+plays the timeline: drives pins, stops and restarts the broker, SIGKILLs and restarts the hub.
+When every journaled event is acknowledged (or `settle` runs out) it reads the hub's journal,
+the centre's database, the recorded prompts, DC-09 signals and SMS, and checks the expectations.
+The result's JSON shape is documented in docs/scenario-json.md.
 """
 
 from __future__ import annotations
@@ -20,19 +23,26 @@ import sqlite3
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import tomli_w
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from cloud_bridge.mqtt import mqtt_client
 from hub.control import request as control_request
 from hub.control import socket_path
 from hub.model import EventType, Transport
 from simulator.ble_rig import BleRig
 from simulator.broker import PrivateBroker
+from simulator.dc09_receiver import Dc09Receiver
 from simulator.gpio import ENV_SOCKET, PinBench
+from simulator.modem import VirtualModem
+from simulator.proxy import TcpProxy
 from simulator.scenario import IMMEDIATE_ALARM_STIMULI, Scenario, Step
 from simulator.tap import ContractTap
 from simulator.zigbee_rig import ZigbeeRig
@@ -52,6 +62,7 @@ class Stimulus:
     device: str
     action: str
     mono_ns: int
+    walk_test: bool = False  # in the household's test mode: a chirp and test.walk, not an alarm
 
 
 @dataclass
@@ -170,6 +181,11 @@ class ScenarioRunner:
         self.tap = ContractTap("127.0.0.1", 0)
         self.ble: BleRig | None = None
         self.zigbee: ZigbeeRig | None = None
+        self.proxies: dict[str, TcpProxy] = {}
+        self.dc09: Dc09Receiver | None = None
+        self.modem: VirtualModem | None = None
+        self._noise: asyncio.Task[None] | None = None
+        self._walk_test = False
 
     def _hub_config(self, broker: PrivateBroker) -> Path:
         scenario = self.scenario
@@ -183,12 +199,17 @@ class ScenarioRunner:
             "audio": {"player": "record", "record_file": str(self.prompts_file), "cache_dir": str(self.prompt_cache)},
             "mqtt": {
                 "host": broker.host,
-                "port": broker.port,
+                "port": self.proxies["mqtt"].port,
                 "heartbeat_s": 5.0,
                 "reconnect_min_s": 0.2,
                 "reconnect_max_s": 1.0,
             },
             "outbox": {"resend_first_s": 2.0, "resend_cap_s": 10.0},
+            "journal": {
+                "max_mb": scenario.journal.max_kb / 1024,
+                "reserve_percent": scenario.journal.reserve_percent,
+                "min_free_mb": 0,
+            },
             "devices": [device.model_dump(mode="json", exclude_none=True) for device in scenario.devices],
             "ble": self.ble.hub_config() if self.ble is not None else {},
             "zigbee": self.zigbee.hub_config() if self.zigbee is not None else {},
@@ -203,6 +224,18 @@ class ScenarioRunner:
                 else {"mode": "system"}
             ),
         }
+        uplinks: list[dict[str, Any]] = [{"type": "mqtt"}]
+        if scenario.uplinks is not None:
+            uplinks = []
+            for uplink in scenario.uplinks:
+                spec = uplink.model_dump(mode="json", exclude_none=True)
+                if uplink.type == "dc09":
+                    spec.update(host="127.0.0.1", port=self.proxies["dc09"].port, timeout_s=2.0)
+                elif uplink.type == "sms":
+                    assert self.modem is not None
+                    spec.update(port=str(self.modem.port_path), status_s=2.0)
+                uplinks.append(spec)
+        config["uplinks"] = uplinks
         path = self.workdir / "hub.toml"
         path.write_bytes(tomli_w.dumps(config).encode())
         return path
@@ -228,6 +261,7 @@ class ScenarioRunner:
             if self.zigbee is not None:
                 await self.zigbee.start()
             broker.start()
+            await self._start_uplinks(broker)
             self.tap = ContractTap(broker.host, broker.port)
             tap_task = asyncio.create_task(self.tap.run())
             await asyncio.wait_for(self.tap.subscribed.wait(), 10)
@@ -262,7 +296,15 @@ class ScenarioRunner:
             if tap_task is not None:
                 tap_task.cancel()
             await centre.stop()
+            if self._noise is not None:
+                self._noise.cancel()
             broker.stop()
+            for proxy in self.proxies.values():
+                await proxy.stop()
+            if self.dc09 is not None:
+                await self.dc09.stop()
+            if self.modem is not None:
+                await self.modem.stop()
             await bench.close()
             if self.ble is not None:
                 await self.ble.stop()
@@ -272,6 +314,45 @@ class ScenarioRunner:
         result = self._result(bench)
         result["duration_s"] = round(time.monotonic() - started, 3)
         return result
+
+    async def _start_uplinks(self, broker: PrivateBroker) -> None:
+        """The proxies in front of the broker and the DC-09 receiver, the receiver, the modem."""
+        self.proxies["mqtt"] = TcpProxy(broker.host, broker.port, seed=1)
+        await self.proxies["mqtt"].start()
+        dc09 = self.scenario.uplink("dc09")
+        if dc09 is not None:
+            self.dc09 = Dc09Receiver(
+                dc09.account, key=dc09.key, key_format=dc09.key_format, record_file=self.workdir / "dc09.jsonl"
+            )
+            await self.dc09.start()
+            self.proxies["dc09"] = TcpProxy("127.0.0.1", self.dc09.port, seed=2)
+            await self.proxies["dc09"].start()
+        if self.scenario.uplink("sms") is not None:
+            self.modem = VirtualModem(self.workdir / "modem")
+            await self.modem.start()
+
+    async def _network(self, step: Step) -> None:
+        assert step.uplink is not None
+        names = [step.path] if step.path else list(self.proxies)
+        for name in names:
+            await self.proxies[name].set_mode(step.uplink)
+        what = {
+            "down": "down (connections refused)",
+            "up": "up again",
+            "blackhole": "black-holed (nothing gets through, nothing is refused)",
+            "flaky": "flaky (delays, dropped connections)",
+        }[step.uplink]
+        self.timeline.add(time.monotonic_ns(), "network", f"{' and '.join(names)} network {what}")
+
+    def _modem(self, step: Step) -> None:
+        assert self.modem is not None
+        if step.modem == "no_signal":
+            self.modem.no_signal()
+        elif step.modem == "no_sim":
+            self.modem.no_sim()
+        else:
+            self.modem.recover()
+        self.timeline.add(time.monotonic_ns(), "modem", f"modem: {step.modem}")
 
     async def _play(
         self,
@@ -292,6 +373,8 @@ class ScenarioRunner:
             answer = await asyncio.to_thread(control_request, socket_path(self.hub_data), message)
             if not answer.get("ok"):
                 raise RuntimeError(f"the hub refused {message}: {answer.get('error')}")
+            if step.mode is not None:
+                self._walk_test = step.mode == "test"
             text = (
                 f"clock advanced {step.advance} to {answer['now']} ({answer['timers_fired']} timer(s) fired)"
                 if step.advance is not None
@@ -304,20 +387,20 @@ class ScenarioRunner:
             assert self.zigbee is not None
             stimulus = await self.zigbee.play(step)
             if stimulus is not None and step.device is not None and step.do is not None:
-                self.stimuli.append(Stimulus(step.device, step.do, stimulus))
+                self.stimuli.append(Stimulus(step.device, step.do, stimulus, self._walk_test))
             return
         if step.ble is not None or (device_config is not None and device_config.transport is Transport.BLE):
             assert self.ble is not None
             stimulus = await self.ble.play(step)
             if stimulus is not None and step.device is not None and step.do is not None:
-                self.stimuli.append(Stimulus(step.device, step.do, stimulus))
+                self.stimuli.append(Stimulus(step.device, step.do, stimulus, self._walk_test))
             return
         if step.device is not None and step.do is not None:
             device = next(d for d in self.scenario.devices if d.id == step.device)
             assert device.pin is not None
             if step.do in ("pull", "press", "smoke", "mains_lost"):
                 sent = await bench.drive(device.pin, 0)
-                self.stimuli.append(Stimulus(device.id, step.do, sent))
+                self.stimuli.append(Stimulus(device.id, step.do, sent, self._walk_test))
                 add(sent, "device", f"{device.id}: {step.do} (GPIO{device.pin} low)")
                 if step.do not in ("smoke", "mains_lost"):
                     task = asyncio.create_task(self._release(bench, device.pin, step.hold))
@@ -325,10 +408,25 @@ class ScenarioRunner:
             else:
                 sent = await bench.drive(device.pin, 1)
                 add(sent, "device", f"{device.id}: {step.do} (GPIO{device.pin} high)")
-        elif step.uplink == "down":
-            broker.stop()
-            add(time.monotonic_ns(), "network", "broker stopped: the hub's uplink is down")
-        elif step.uplink == "up":
+        elif step.uplink is not None:
+            await self._network(step)
+        elif step.modem is not None:
+            self._modem(step)
+        elif step.acks is not None:
+            self._noise = asyncio.create_task(_duplicate_acks(broker, self.scenario.effective_hub_id))
+            add(time.monotonic_ns(), "network", "from now on every ack arrives twice, and acks for unknown events too")
+        elif step.journal is not None:
+            await hub.stop()
+            bench.connected.clear()
+            _damage_journal(self.hub_data / "journal.sqlite3", step.journal)
+            await hub.start()
+            await asyncio.wait_for(bench.connected.wait(), 10)
+            add(time.monotonic_ns(), "hub", f"hub stopped, its journal {step.journal}d, hub started again")
+        elif step.broker in ("down", "kill"):
+            broker.stop(kill=step.broker == "kill")
+            what = "killed (SIGKILL)" if step.broker == "kill" else "stopped"
+            add(time.monotonic_ns(), "network", f"broker {what}: the hub's uplink is down")
+        elif step.broker == "up":
             broker.start()
             add(time.monotonic_ns(), "network", "broker started again")
         elif step.hub in ("kill", "restart"):
@@ -369,7 +467,7 @@ class ScenarioRunner:
         The last step's consequences (a restore, a security report) may still be on their way, so
         the runner waits QUIET_S after the last step before it trusts "everything is acknowledged".
         """
-        expected_alarms = sum(1 for s in self.stimuli if s.action in IMMEDIATE_ALARM_STIMULI)
+        expected_alarms = sum(1 for s in self.stimuli if s.action in IMMEDIATE_ALARM_STIMULI and not s.walk_test)
         await asyncio.sleep(QUIET_S)
         deadline = time.monotonic() + self.scenario.settle
         while time.monotonic() < deadline:
@@ -398,6 +496,11 @@ class ScenarioRunner:
             self.centre_db, "SELECT event_id, hub_id, seq, type, device_id, copies, first_received_mono_ns FROM events"
         )
         by_id = {row[0]: row for row in centre_rows}
+        failover: dict[str, list[str]] = {}
+        for event_id, via, acknowledged in _read_rows(
+            self.hub_data / "journal.sqlite3", "SELECT event_id, via, acknowledged FROM deliveries ORDER BY at"
+        ):
+            failover.setdefault(event_id, []).append(via if acknowledged else f"{via} (sent)")
         by_seq: dict[tuple[str, int], int] = {}
         for row in centre_rows:
             by_seq[(row[1], row[2])] = by_seq.get((row[1], row[2]), 0) + 1
@@ -427,6 +530,7 @@ class ScenarioRunner:
                     "ack_ms": _ms(acked, stimulus),
                     "centre_copies": copies,
                     "centre_records": max(by_seq.get((hub_id, seq), 0), 1 if centre else 0),
+                    "failover": failover.get(event_id, []),
                 }
             )
         prompts = []
@@ -439,7 +543,19 @@ class ScenarioRunner:
             add(mono_ns, "uplink", f"hub {hub_id} {state}" + (f" ({reason})" if reason else ""))
         for change in _siren_onsets(bench):
             add(change, "siren", "siren output on")
-        expectations = [self._check(expectation, events, centre_rows) for expectation in self.scenario.expect]
+        dc09 = [] if self.dc09 is None else self.dc09.alarms()
+        for signal_ in dc09:
+            add(signal_.mono_ns, "dc09", f"receiver got {signal_.message_type} {signal_.code} seq {signal_.sequence}")
+        sent = [] if self.modem is None else self.modem.sent
+        for message in sent:
+            add(message.mono_ns, "sms", f"SMS to {message.number}: {message.text}")
+        sms = [{"number": m.number, "text": m.text} for m in sent]
+        expectations = [
+            self._check_path(expectation, dc09, sms)
+            if expectation.dc09 is not None or expectation.sms is not None
+            else self._check(expectation, events, centre_rows)
+            for expectation in self.scenario.expect
+        ]
         violations = self.tap.violations
         return {
             "scenario": self.scenario.name,
@@ -447,6 +563,11 @@ class ScenarioRunner:
             "contract": {"messages": dict(self.tap.counts), "violations": violations},
             "hub_peak_rss_mb": None if self.hub_peak_rss_mb is None else round(self.hub_peak_rss_mb, 1),
             "events": events,
+            "dc09": [
+                {"code": x.code, "contact_id": x.contact_id, "sequence": x.sequence, "format": x.message_type}
+                for x in dc09
+            ],
+            "sms": sms,
             "expectations": expectations,
             "prompts": prompts,
             "timeline": [
@@ -464,6 +585,22 @@ class ScenarioRunner:
             "expect": spec,
             "ok": ok,
             "detail": f"prompt {expectation.prompt} played {played} time(s)" + ("" if ok else f" — expected {wanted}"),
+        }
+
+    def _check_path(self, expectation: Any, dc09: list[Any], sms: list[dict[str, Any]]) -> dict[str, Any]:
+        """A `dc09` or `sms` expectation: what the alarm receiver or the modem got."""
+        if expectation.dc09 is not None:
+            got = sum(1 for x in dc09 if expectation.dc09 in (x.code, x.contact_id))
+            what = f"the DC-09 receiver got {got} signal(s) coded {expectation.dc09}"
+        else:
+            got = len(sms)
+            what = f"the modem sent {got} SMS"
+        ok = got == expectation.count if expectation.count is not None else got > 0
+        wanted = f"{expectation.count}" if expectation.count is not None else "at least one"
+        return {
+            "expect": expectation.model_dump(mode="json", exclude_none=True),
+            "ok": ok,
+            "detail": what + ("" if ok else f" — expected {wanted}"),
         }
 
     def _stimulus_for(self, device: str | None, observed_mono_ns: int) -> Stimulus | None:
@@ -502,6 +639,34 @@ class ScenarioRunner:
             "ok": not problems,
             "detail": detail + ("" if not problems else " — " + "; ".join(problems)),
         }
+
+
+async def _duplicate_acks(broker: PrivateBroker, hub_id: str) -> None:
+    """Every ack the centre sends the hub is sent again, each followed by an ack for an event id the
+    hub never had: the hub must count each alarm once and ignore what it does not know."""
+    options = SubscribeOptions(qos=1, noLocal=True)
+    while True:
+        with contextlib.suppress(aiomqtt.MqttError):
+            async with mqtt_client(broker.host, broker.port, f"ack-noise-{os.getpid()}") as client:
+                await client.subscribe(f"anju/v1/+/{hub_id}/ack", options=options)
+                await client.subscribe(f"anju/v1/+/{hub_id}/acks", options=options)
+                async for message in client.messages:
+                    payload = message.payload if isinstance(message.payload, bytes) else b""
+                    await client.publish(str(message.topic), payload, qos=1)
+                    if str(message.topic).endswith("/ack"):
+                        unknown = {**json.loads(payload), "event_id": str(uuid.uuid4())}
+                        await client.publish(str(message.topic), json.dumps(unknown).encode(), qos=1)
+        await asyncio.sleep(0.2)
+
+
+def _damage_journal(path: Path, how: str) -> None:
+    """Delete the journal (and its WAL), or overwrite its first pages with noise."""
+    if how == "delete":
+        for suffix in ("", "-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        return
+    with path.open("r+b") as journal:
+        journal.write(b"this is not a database any more " * 256)
 
 
 def _prompts_played(path: Path) -> list[str]:
@@ -550,6 +715,7 @@ def format_report(result: dict[str, Any]) -> str:
         lines.append(
             f"  #{event['seq']:<3} {event['type']:<18} {event['device'] or '-':<12} local alert {alert:>9}"
             f"   acked after {ack:>10}   centre: {event['centre_records']} record, {event['centre_copies']} copies"
+            + (f"   also via {', '.join(event['failover'])}" if event.get("failover") else "")
         )
     lines += ["", "Expectations:"]
     for item in result["expectations"]:

@@ -6,8 +6,10 @@
       - {id: cord-bath, kind: pullcord, transport: gpio, pin: 17}
     steps:
       - {at: 1.0, device: cord-bath, do: pull}
-      - {at: 2.0, uplink: down}        # the broker process stops
+      - {at: 2.0, broker: down}        # the broker process stops (up: starts again, same port)
+      - {at: 3.0, uplink: down}        # the home's internet goes (a proxy refuses; blackhole, flaky)
       - {at: 6.0, uplink: up}
+      - {at: 6.5, modem: no_signal}    # the virtual 4G modem loses its signal (ok: back)
       - {at: 7.0, hub: kill}           # SIGKILL the hub process, then start it again
       - {at: 8.0, centre: no_ack}      # restart the centre so that it stores events but never acks
       - {at: 9.0, centre: up}          # (and `centre: down` stops it)
@@ -25,7 +27,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from importlib.resources import files
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -90,7 +92,20 @@ class Step(_Strict):
     do: str | None = None
     hold: Annotated[float, Field(gt=0, le=60)] = 0.3
     value: float | None = Field(None, description="for `battery` (percent) and `rssi` (dBm)")
-    uplink: Literal["up", "down"] | None = None
+    uplink: Literal["up", "down", "blackhole", "flaky"] | None = Field(
+        None, description="the network between the hub and its uplinks (a TCP proxy in front of each)"
+    )
+    path: Literal["mqtt", "dc09"] | None = Field(None, description="with `uplink`: only this path (default: all)")
+    broker: Literal["up", "down", "kill"] | None = Field(
+        None, description="stop (SIGTERM), kill (SIGKILL) or start the broker process itself"
+    )
+    acks: Literal["duplicate"] | None = Field(
+        None, description="from now on every ack reaches the hub twice, with acks for unknown event ids among them"
+    )
+    journal: Literal["delete", "corrupt"] | None = Field(
+        None, description="stop the hub, delete or corrupt its journal file, start it again"
+    )
+    modem: Literal["ok", "no_signal", "no_sim"] | None = None
     hub: Literal["kill", "restart"] | None = None
     centre: Literal["down", "up", "no_ack"] | None = None
     ble: Literal["adapter_gone", "adapter_back", "in_progress", "garbage"] | None = None
@@ -110,15 +125,31 @@ class Step(_Strict):
     def _one_action(self) -> Self:
         actions = [
             name
-            for name in ("device", "uplink", "hub", "centre", "ble", "radio", "advance", "mode")
+            for name in (
+                "device",
+                "uplink",
+                "broker",
+                "modem",
+                "acks",
+                "journal",
+                "hub",
+                "centre",
+                "ble",
+                "radio",
+                "advance",
+                "mode",
+            )
             if getattr(self, name) is not None
         ]
         if len(actions) != 1:
             raise ValueError(
-                "a step needs exactly one of `device` (with `do`), `uplink`, `hub`, `centre`, `ble`, `radio`,"
-                " `advance` or `mode`;"
+                "a step needs exactly one of `device` (with `do`), `uplink`, `broker`, `modem`, `acks`, `journal`,"
+                " `hub`, `centre`,"
+                " `ble`, `radio`, `advance` or `mode`;"
                 f" this one has {actions or 'none'}"
             )
+        if self.path is not None and self.uplink is None:
+            raise ValueError("`path` goes with `uplink` (which path's network to change)")
         if self.device is not None and self.do is None:
             raise ValueError(f"step for device {self.device!r} needs `do` (what the device does)")
         if self.device is None and self.do is not None:
@@ -129,15 +160,46 @@ class Step(_Strict):
 class Expectation(_Strict):
     event: EventType | None = None
     prompt: str | None = Field(None, description="a voice prompt that must have been played (count: how often)")
+    dc09: str | None = Field(None, description='a code the DC-09 receiver must have got: SIA ("MA") or Contact ID')
+    sms: bool | None = Field(None, description="true: alarm SMS must have been sent (count: how many)")
     device: str | None = None
     count: Annotated[int, Field(ge=0)] | None = None
     delivered: bool | None = None
 
     @model_validator(mode="after")
     def _one_subject(self) -> Self:
-        if (self.event is None) == (self.prompt is None):
-            raise ValueError("an expectation names either an `event` or a `prompt`")
+        subjects = [name for name in ("event", "prompt", "dc09", "sms") if getattr(self, name) is not None]
+        if len(subjects) != 1:
+            raise ValueError("an expectation names exactly one of `event`, `prompt`, `dc09` or `sms`")
         return self
+
+
+class MqttUplinkSpec(_Strict):
+    type: Literal["mqtt"]
+
+
+class Dc09UplinkSpec(_Strict):
+    """A DC-09 uplink to a pysiaalarm receiver the runner starts (host and port are the runner's)."""
+
+    type: Literal["dc09"]
+    host: str | None = Field(None, description="ignored: the runner's receiver is used")
+    port: int | None = Field(None, description="ignored: the runner's receiver is used")
+    account: Annotated[str, Field(pattern=r"^[0-9A-Fa-f]{3,16}$")] = "1234"
+    key: str | None = None
+    key_format: Literal["hex", "ascii"] = "ascii"
+    receiver: Annotated[str, Field(pattern=r"^[0-9A-Fa-f]{1,6}$")] = "1"
+    prefix: Annotated[str, Field(pattern=r"^[0-9A-Fa-f]{1,6}$")] = "0"
+    format: Literal["ADM-CID", "SIA-DCS"] = "SIA-DCS"
+    after_s: float = Field(3.0, ge=0, le=3600)
+    link_test_s: float = Field(5.0, ge=0, le=3600)
+
+
+class SmsUplinkSpec(_Strict):
+    type: Literal["sms"]
+    numbers: list[Annotated[str, Field(pattern=r"^\+?[0-9]{3,20}$")]] = Field(min_length=1)
+
+
+UplinkSpec = Annotated[MqttUplinkSpec | Dc09UplinkSpec | SmsUplinkSpec, Field(discriminator="type")]
 
 
 class ClockSpec(_Strict):
@@ -158,6 +220,11 @@ class ZigbeeOptions(_Strict):
     hang_s: float = Field(10.0, gt=0, le=600, description="how long `radio: hang` stops the dongle answering")
 
 
+class JournalOptions(_Strict):
+    max_kb: float = Field(512 * 1024, ge=20, description="the hub's journal budget, to make a disk fill up")
+    reserve_percent: float = Field(10.0, ge=1, le=90)
+
+
 class Scenario(_Strict):
     name: str
     description: str | None = None
@@ -170,6 +237,8 @@ class Scenario(_Strict):
     zigbee: ZigbeeOptions = ZigbeeOptions()
     rules: RulesConfig | None = Field(None, description="the household's rules (default: alarms only, no routines)")
     clock: ClockSpec | None = None
+    journal: JournalOptions = JournalOptions()
+    uplinks: list[UplinkSpec] | None = Field(None, description="the hub's uplinks in order (default: MQTT alone)")
     settle: Annotated[float, Field(gt=0, le=600, description="seconds to wait after the last step")] = 20.0
 
     @model_validator(mode="after")
@@ -195,13 +264,25 @@ class Scenario(_Strict):
                     f"device {device.id!r} ({device.kind.value} on {device.transport.value}) cannot"
                     f" {step.do!r}; it can: {', '.join(sorted(allowed)) or 'nothing yet'}",
                 )
+        kinds = [uplink.type for uplink in self.uplinks or []]
+        for index, step in enumerate(self.steps):
+            if step.path == "dc09" and "dc09" not in kinds:
+                raise FieldProblem(("steps", index, "path"), "no dc09 uplink is listed in `uplinks`")
+            if step.modem is not None and "sms" not in kinds:
+                raise FieldProblem(("steps", index, "modem"), "no sms uplink (modem) is listed in `uplinks`")
         for index, expectation in enumerate(self.expect):
+            for needs, kind in (("dc09", "dc09"), ("sms", "sms")):
+                if getattr(expectation, needs) is not None and kind not in kinds:
+                    raise FieldProblem(("expect", index, needs), f"no {kind} uplink is listed in `uplinks`")
             if expectation.device is not None and expectation.device not in devices:
                 raise FieldProblem(
                     ("expect", index, "device"),
                     f"expectation names device {expectation.device!r}, which is not in `devices`",
                 )
         return self
+
+    def uplink(self, kind: str) -> Any:
+        return next((uplink for uplink in self.uplinks or [] if uplink.type == kind), None)
 
     def has_ble(self) -> bool:
         return any(d.transport is Transport.BLE for d in self.devices)

@@ -2,6 +2,8 @@
 
 Scenario runs and tests use it to show that each message the hubs and the centre exchange
 matches cloud_bridge/contract; it reconnects by itself when the broker is stopped and started.
+Besides each message's schema it checks what a schema cannot: the `hub_id` of a message (and of
+every event in an `events` batch) is its topic's, and no event of alarm priority is ever batched.
 """
 
 from __future__ import annotations
@@ -54,6 +56,15 @@ class ContractTap:
             self.violations.append(f"{topic}: {exc}")
             return
         self.counts[kind] += 1
+        hub_id = topic.split("/")[3]
+        if message.get("hub_id", hub_id) != hub_id:
+            self.violations.append(f"{topic}: hub_id {message['hub_id']!r} is not the topic's")
+        if kind == "events":
+            for index, event in enumerate(message["events"]):
+                if event["hub_id"] != hub_id:
+                    self.violations.append(f"{topic}: $.events[{index}].hub_id {event['hub_id']!r} is not the topic's")
+                if event["priority"] == "alarm":
+                    self.violations.append(f"{topic}: $.events[{index}] is a {event['type']}: alarms are never batched")
         if kind == "status":
             change = (message["hub_id"], message["state"], message.get("reason", ""))
             if not self.status_changes or self.status_changes[-1][1:] != change:

@@ -35,10 +35,36 @@ def _event(**overrides: Any) -> Event:
     return Event(**fields)
 
 
+_BATCHED = (EventType.FAULT_BATTERY_LOW, EventType.INFO_CHECKIN_OK, EventType.RESTORE_POWER, EventType.TEST_WALK)
+
+
+def _batch(count: int) -> dict[str, Any]:
+    """A valid `events` message of `count` events as the hub sends them (none of alarm priority)."""
+    events = [
+        _event(type=_BATCHED[i % len(_BATCHED)], device_id=None, device_counter=None, details={})
+        .with_seq(i + 1)
+        .to_message(attempt=1 + i % 3)
+        for i in range(count)
+    ]
+    return {"schema": "anju.events/1", "hub_id": "hub-0001", "events": events}
+
+
+def _acks(count: int) -> dict[str, Any]:
+    items = [
+        {"event_id": f"{UUID[:-4]}{i:04x}", "seq": i + 1, "received_at": WHEN, "duplicate": i % 2 == 1}
+        for i in range(count)
+    ]
+    return {"schema": "anju.acks/1", "hub_id": "hub-0001", "centre_id": "centre-anxi-1", "acks": items}
+
+
 def _good(kind: str) -> dict[str, Any]:
     """One valid message of each kind, with every optional field present."""
     if kind == "event":
         return _event().with_seq(1).to_message(attempt=1)
+    if kind == "events":
+        return _batch(5)
+    if kind == "acks":
+        return _acks(5)
     examples: dict[str, dict[str, Any]] = {
         "ack": {
             "schema": "anju.ack/1",
@@ -65,6 +91,12 @@ def _good(kind: str) -> dict[str, Any]:
             "uptime_s": 180.5,
             "pending": {"alarm": 0, "fault": 1, "info": 2},
             "oldest_pending_s": 12.0,
+            "modem": {"sim": "READY", "signal_dbm": -67, "registered": True},
+            "uplinks": {
+                "mqtt": {"ok": True, "detail": "county broker"},
+                "dc09": {"ok": False, "detail": "dc09 10.0.0.9:12345: connection refused"},
+                "sms": {"ok": True, "detail": "modem ready"},
+            },
         },
         "cmd": {
             "schema": "anju.cmd/1",
@@ -129,6 +161,8 @@ def test_an_unknown_event_type_is_rejected() -> None:
 _REQUIRED_FIELD = {
     "event": "seq",
     "ack": "event_id",
+    "events": "events",
+    "acks": "acks",
     "status": "state",
     "heartbeat": "pending",
     "cmd": "cmd_id",
@@ -182,7 +216,7 @@ def test_a_bad_uuid_is_named(kind: str) -> None:
         _rejects(kind, message, "$.event_id")
 
 
-@pytest.mark.parametrize("kind", MESSAGE_KINDS)
+@pytest.mark.parametrize("kind", list(_DATE_TIME_FIELD))
 @pytest.mark.parametrize(
     "bad_moment",
     ["2024-13-01T08:30:00Z", "2024-07-01 08:30", "2024-07-01T08:30:00", "yesterday", 1719822600],
@@ -244,6 +278,132 @@ def test_unknown_kind_and_non_object_are_contract_errors() -> None:
     with pytest.raises(ContractError, match=r"at \$: must be of type object"):
         validate("status", [])  # type: ignore[arg-type]
     assert issubclass(ContractError, ValueError)
+
+
+# --- batches: `events` and `acks` ------------------------------------------------------------
+
+
+def test_a_batch_of_what_the_hub_produces_validates_from_1_to_100_items() -> None:
+    for count in (1, 2, 100):
+        validate("events", _batch(count))
+        validate("acks", _acks(count))
+
+
+@pytest.mark.parametrize(("kind", "field"), [("events", "events"), ("acks", "acks")])
+@pytest.mark.parametrize("count", [0, 101])
+def test_an_empty_or_oversized_batch_is_refused(kind: str, field: str, count: int) -> None:
+    message = _batch(count) if kind == "events" else _acks(count)
+    error = _rejects(kind, message, f"$.{field}")
+    bound = "at least 1 item," if count == 0 else "at most 100 items,"
+    assert f"must have {bound} got {count}" in str(error)
+    assert len(str(error)) < 200, "the text says how many, it does not print the batch"
+
+
+def test_an_invalid_item_is_named_by_its_index() -> None:
+    message = _batch(5)
+    message["events"][3]["seq"] = 0
+    error = _rejects("events", message, "$.events[3].seq")
+    assert str(error).startswith("events message breaks the contract at $.events[3].seq: must be >= 1, got 0")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("seq", 0),
+        ("attempt", 0),
+        ("hub_id", "Hub_1"),
+        ("hub_id", "hub-1\n"),
+        ("event_id", UUID.upper()),
+        ("type", "alarm.flood"),
+        ("sent_at", "2024-07-01 08:30"),
+        ("details", []),
+    ],
+)
+def test_every_item_is_validated_exactly_like_a_single_event(field: str, value: object) -> None:
+    single = _good("event")
+    single[field] = value
+    single_error = _rejects("event", single, f"$.{field}")
+    batch = _batch(3)
+    batch["events"][2] = single
+    batch_error = _rejects("events", batch, f"$.events[2].{field}")
+    assert [(p.path.replace("$.events[2]", "$"), p.text) for p in batch_error.problems] == [
+        (p.path, p.text) for p in single_error.problems
+    ]
+
+
+def test_a_missing_or_extra_item_field_and_a_non_object_item_are_named() -> None:
+    batch = _batch(3)
+    del batch["events"][0]["seq"]
+    batch["events"][1]["colour"] = "red"
+    batch["events"][2] = "an event"  # type: ignore[assignment]
+    error = _rejects("events", batch, "$.events[0].seq")
+    assert {p.path for p in error.problems} == {"$.events[0].seq", "$.events[1].colour", "$.events[2]"}
+
+
+def test_a_batch_item_schema_is_a_reference_to_the_event_schema() -> None:
+    items = _schema_file("events")["properties"]["events"]["items"]
+    assert items == {"$ref": "event.json"}
+    assert (CONTRACT_DIR / "schemas" / items["$ref"]).is_file()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("event_id", "not-a-uuid"),
+        ("seq", 0),
+        ("received_at", "yesterday"),
+        ("duplicate", "no"),
+        ("colour", "red"),
+    ],
+)
+def test_an_invalid_acks_item_is_named_by_its_index(field: str, value: object) -> None:
+    message = _acks(5)
+    message["acks"][4][field] = value
+    _rejects("acks", message, f"$.acks[4].{field}")
+    del message["acks"][4][field]
+    if field != "colour":
+        _rejects("acks", message, f"$.acks[4].{field}")
+
+
+def test_acks_items_are_documented_and_closed() -> None:
+    items = _schema_file("acks")["properties"]["acks"]["items"]
+    assert items["additionalProperties"] is False
+    assert set(items["required"]) == set(items["properties"]) == {"event_id", "seq", "received_at", "duplicate"}
+    for name, prop in items["properties"].items():
+        assert prop.get("title") and prop.get("description"), name
+
+
+# --- the heartbeat's optional modem and uplinks ---------------------------------------------
+
+
+def test_a_heartbeat_without_modem_and_uplinks_and_with_a_null_modem_validates() -> None:
+    message = _good("heartbeat")
+    del message["modem"], message["uplinks"]
+    validate("heartbeat", message)
+    validate("heartbeat", {**message, "modem": None, "uplinks": {}})
+    validate("heartbeat", {**message, "modem": {"sim": "NOT INSERTED", "signal_dbm": None, "registered": None}})
+
+
+@pytest.mark.parametrize(
+    ("patch", "path"),
+    [
+        ({"modem": {"sim": "READY", "signal_dbm": -67}}, "$.modem.registered"),
+        ({"modem": {"sim": "READY", "signal_dbm": -67.5, "registered": True}}, "$.modem.signal_dbm"),
+        ({"modem": {"sim": None, "signal_dbm": -67, "registered": True}}, "$.modem.sim"),
+        ({"modem": {"sim": "READY", "signal_dbm": -67, "registered": "yes"}}, "$.modem.registered"),
+        ({"modem": {"sim": "READY", "signal_dbm": -67, "registered": True, "imei": "1"}}, "$.modem.imei"),
+        ({"modem": "READY"}, "$.modem"),
+        ({"uplinks": {"mqtt": {"ok": True}}}, "$.uplinks.mqtt.detail"),
+        ({"uplinks": {"mqtt": {"ok": "yes", "detail": ""}}}, "$.uplinks.mqtt.ok"),
+        ({"uplinks": {"mqtt": {"ok": True, "detail": "", "rtt": 3}}}, "$.uplinks.mqtt.rtt"),
+        ({"uplinks": {"MQTT": {"ok": True, "detail": ""}}}, "$.uplinks"),
+        ({"uplinks": {"sms\n": {"ok": True, "detail": ""}}}, "$.uplinks"),
+        ({"uplinks": {"x" * 33: {"ok": True, "detail": ""}}}, "$.uplinks"),
+        ({"uplinks": []}, "$.uplinks"),
+    ],
+)
+def test_a_bad_modem_or_uplink_report_is_named(patch: dict[str, Any], path: str) -> None:
+    _rejects("heartbeat", {**_good("heartbeat"), **patch}, path)
 
 
 # --- topics ---------------------------------------------------------------------------------
@@ -345,6 +505,8 @@ def test_asyncapi_operations_match_the_hubs_point_of_view(asyncapi: dict[str, An
     assert actions == {
         "event": "send",
         "ack": "receive",
+        "events": "send",
+        "acks": "receive",
         "status": "send",
         "heartbeat": "send",
         "cmd": "receive",
@@ -353,9 +515,10 @@ def test_asyncapi_operations_match_the_hubs_point_of_view(asyncapi: dict[str, An
         op["channel"]["$ref"].removeprefix("#/channels/"): op["bindings"]["mqtt"]["qos"]
         for op in asyncapi["operations"].values()
     }
-    assert qos["event"] == qos["ack"] == qos["cmd"] == qos["status"] == 1
+    assert qos["event"] == qos["ack"] == qos["events"] == qos["acks"] == qos["cmd"] == qos["status"] == 1
     assert asyncapi["operations"]["sendStatus"]["bindings"]["mqtt"]["retain"] is True
     assert asyncapi["operations"]["sendEvent"]["bindings"]["mqtt"]["retain"] is False
+    assert asyncapi["operations"]["sendEvents"]["bindings"]["mqtt"]["retain"] is False
 
 
 def test_asyncapi_last_will_is_a_valid_offline_status(asyncapi: dict[str, Any]) -> None:
@@ -374,9 +537,17 @@ def test_asyncapi_states_the_delivery_promises(asyncapi: dict[str, Any]) -> None
         "at once after every reconnect",
         "acknowledges every copy",
         "$share/centre/anju/v1/+/+/event",
+        "$share/centre/anju/v1/+/+/events",
         "jitter",
+        "Batches for a backlog, never for an alarm",
     ):
         assert promise in text, promise
+
+
+def test_asyncapi_says_alarms_are_never_batched(asyncapi: dict[str, Any]) -> None:
+    for where in (asyncapi["channels"]["events"], asyncapi["operations"]["sendEvents"]):
+        text = " ".join(where["description"].split())
+        assert "Alarms are never batched" in text and "alone on `event`" in text
 
 
 # --- every schema file follows the house rules ----------------------------------------------

@@ -388,3 +388,55 @@ async def test_pysiaalarm_refuses_a_wrong_key(encrypted_receiver: Receiver) -> N
     assert response.kind is ResponseKind.NAK
     await asyncio.sleep(0.05)
     assert not encrypted_receiver.events
+
+
+async def test_pysiaalarm_udp_receiver_acks_our_encrypted_alarm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same frames over UDP: one datagram out, the receiver's ACK datagram back."""
+    from pysiaalarm import CommunicationsProtocol
+    from pysiaalarm.aio.client import SIAClientUDP
+    from pysiaalarm.aio.server import SIAServerUDP
+
+    def connection_made(self: SIAServerUDP, transport: asyncio.BaseTransport) -> None:
+        # pysiaalarm 3.2 asserts isinstance(transport, asyncio.DatagramTransport), which Python 3.11's
+        # selector datagram transport is not; everything else (parsing, checks, the ACK) is its own.
+        self.transport = transport  # type: ignore[assignment]
+
+    monkeypatch.setattr(SIAServerUDP, "connection_made", connection_made)
+
+    got: list[SIAEvent] = []
+    arrived = asyncio.Event()
+
+    async def on_event(event: SIAEvent) -> None:
+        got.append(event)
+        arrived.set()
+
+    server = SIAClient(  # type: ignore[abstract]  # pysiaalarm picks the UDP subclass from `protocol`
+        "127.0.0.1", 0, [SIAAccount(ACCOUNT, ASCII_KEY)], on_event, protocol=CommunicationsProtocol.UDP
+    )
+    assert isinstance(server, SIAClientUDP)
+    await server.async_start()
+    try:
+        assert server.transport is not None
+        port = server.transport.get_extra_info("sockname")[1]
+        client = Dc09Client("127.0.0.1", port, ACCOUNT, receiver=1, key=ASCII_KEY, key_format="ascii", transport="udp")
+        message = _sender(port, key=ASCII_KEY, key_format="ascii")(EventType.ALARM_FIRE, "SIA-DCS", 42)
+        response = await client.send(message, timeout=2)
+        assert response.kind is ResponseKind.ACK and response.sequence == "0042" and response.encrypted
+        await asyncio.wait_for(arrived.wait(), 2)
+        assert got[0].code == "FA" and got[0].encrypted
+        assert (await client.send_null(43, timeout=2)).kind is ResponseKind.ACK
+    finally:
+        await server.async_stop()
+
+
+async def test_udp_without_an_answer_times_out() -> None:
+    silent = await asyncio.get_running_loop().create_datagram_endpoint(
+        asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+    )
+    port = silent[0].get_extra_info("sockname")[1]
+    client = Dc09Client("127.0.0.1", port, ACCOUNT, receiver=1, transport="udp")
+    try:
+        with pytest.raises(TimeoutError):
+            await client.send_null(1, timeout=0.2)
+    finally:
+        silent[0].close()

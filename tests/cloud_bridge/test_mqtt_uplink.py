@@ -18,7 +18,8 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from cloud_bridge.contract import topic
+from cloud_bridge import mqtt
+from cloud_bridge.contract import BATCH_MAX, topic
 from cloud_bridge.mqtt import MqttUplink
 from cloud_bridge.outbox import Outbox, RetryPolicy
 from hub.config import MqttConfig
@@ -41,6 +42,7 @@ class Rig:
     uplink: MqttUplink
     tap: ContractTap
     acked: list[str] = field(default_factory=list)
+    ack_calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # every on_ack call
     commands: list[dict[str, Any]] = field(default_factory=list)
     ack_seen: asyncio.Event = field(default_factory=asyncio.Event)
     command_seen: asyncio.Event = field(default_factory=asyncio.Event)
@@ -62,6 +64,7 @@ async def rig(broker: PrivateBroker) -> AsyncIterator[Rig]:
     holder: dict[str, Rig] = {}
 
     async def on_ack(event_id: str, ack: dict[str, Any]) -> None:
+        holder["rig"].ack_calls.append((event_id, ack))
         if outbox.ack(event_id) is not None:
             holder["rig"].acked.append(event_id)
         holder["rig"].ack_seen.set()
@@ -92,6 +95,55 @@ def start_centre(rig: Rig, tmp_path: Path) -> Centre:
 async def publish_raw(broker: PrivateBroker, kind: str, payload: bytes) -> None:
     async with aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
         await client.publish(topic(COUNTY, HUB, kind), payload, qos=1)
+
+
+@dataclass
+class Wire:
+    """What the hub publishes on `event` and `events`, in order: (kind, [event message, ...])."""
+
+    messages: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def items(self) -> list[dict[str, Any]]:
+        return [event for _, events in self.messages for event in events]
+
+    async def wait_for(self, condition: Any, timeout: float = 15) -> None:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def watch_the_wire(rig: Rig) -> Wire:
+    wire, subscribed = Wire(), asyncio.Event()
+
+    async def watch() -> None:
+        async with aiomqtt.Client(rig.broker.host, rig.broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+            await client.subscribe([(topic(COUNTY, HUB, "event"), 1), (topic(COUNTY, HUB, "events"), 1)])
+            subscribed.set()
+            async for message in client.messages:
+                body = json.loads(message.payload)  # type: ignore[arg-type]
+                kind = str(message.topic).rsplit("/", 1)[-1]
+                wire.messages.append((kind, body["events"] if kind == "events" else [body]))
+                wire.changed.set()
+
+    rig.start(watch())
+    await asyncio.wait_for(subscribed.wait(), 10)
+    return wire
+
+
+def acks_message(*items: tuple[str, int], hub_id: str = HUB) -> bytes:
+    return json.dumps(
+        {
+            "schema": "anju.acks/1",
+            "hub_id": hub_id,
+            "centre_id": "centre-test",
+            "acks": [
+                {"event_id": i, "seq": seq, "received_at": "2026-11-29T10:00:00Z", "duplicate": False}
+                for i, seq in items
+            ],
+        }
+    ).encode()
 
 
 async def test_alarm_is_delivered_acknowledged_and_recorded_once(rig: Rig, tmp_path: Path) -> None:
@@ -246,3 +298,155 @@ async def test_a_command_sent_while_the_hub_is_away_reaches_it_on_reconnect(rig:
     rig.start(rig.uplink.run())
     await asyncio.wait_for(rig.command_seen.wait(), 10)
     assert [c["cmd_id"] for c in rig.commands] == ["c-away"]
+
+
+async def test_a_backlog_goes_out_in_batches_of_what_is_due(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """250 events due at once (no centre, so nothing is acknowledged): batches of 100, 100 and 50, in
+    order, each item an event message; nothing on `event`."""
+    monkeypatch.setattr(mqtt, "ACK_WINDOW", 1000)
+    wire = await watch_the_wire(rig)
+    backlog = [event(EventType.TEST_WALK if seq % 2 else EventType.FAULT_BATTERY_LOW, seq) for seq in range(1, 251)]
+    rig.outbox.extend(backlog)
+    rig.start(rig.uplink.run())
+    await wire.wait_for(lambda: len(wire.items()) >= 250)
+    assert [(kind, len(events)) for kind, events in wire.messages] == [("events", 100), ("events", 100), ("events", 50)]
+    # faults before info, each in the hub's order, every item as its own event message would be
+    expected = sorted(backlog, key=lambda e: (e.priority, e.seq or 0))
+    assert [item["event_id"] for item in wire.items()] == [e.event_id for e in expected]
+    assert {item["attempt"] for item in wire.items()} == {1}
+
+
+async def test_past_the_ack_window_only_an_alarm_goes(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 120 events awaiting an ack (a window of 120, no centre), the backlog stops; a new alarm
+    still goes, alone, on `event`."""
+    monkeypatch.setattr(mqtt, "ACK_WINDOW", 120)
+    wire = await watch_the_wire(rig)
+    rig.outbox.extend(event(EventType.TEST_WALK, seq) for seq in range(1, 501))
+    rig.start(rig.uplink.run())
+    await wire.wait_for(lambda: len(wire.items()) >= 120)
+    alarm = event(EventType.ALARM_FALL, 501, device="radar-hall")
+    rig.outbox.add(alarm)
+    await wire.wait_for(lambda: any(kind == "event" for kind, _ in wire.messages))
+    # The hub publishes in order: anything else it sent before the alarm arrived before it.
+    assert [(kind, len(events)) for kind, events in wire.messages] == [("events", 100), ("events", 20), ("event", 1)]
+    assert wire.messages[-1][1][0]["event_id"] == alarm.event_id
+
+
+async def test_an_alarm_raised_during_a_drain_goes_alone_and_is_acknowledged(rig: Rig, tmp_path: Path) -> None:
+    centre = start_centre(rig, tmp_path)
+    await asyncio.wait_for(centre.connected.wait(), 10)
+    wire = await watch_the_wire(rig)
+    backlog = [event(EventType.INFO_CHECKIN_OK, seq, device="hub") for seq in range(1, 3001)]
+    rig.outbox.extend(backlog)
+    rig.start(rig.uplink.run())
+    await wire.wait_for(lambda: len(wire.messages) >= 1)
+    assert len(rig.outbox) > 2000, "the alarm is raised with most of the backlog still to go"
+    alarm = event(EventType.ALARM_EMERGENCY, 3001)
+    rig.outbox.add(alarm)
+    await rig.wait_acked(3001, timeout=60)
+    assert len(rig.outbox) == 0
+    with_alarm = [(kind, events) for kind, events in wire.messages if alarm.event_id in {e["event_id"] for e in events}]
+    assert with_alarm and all(kind == "event" and len(events) == 1 for kind, events in with_alarm)
+    batches = [events for kind, events in wire.messages if kind == "events"]
+    assert len(batches) >= 30 and all(1 <= len(b) <= BATCH_MAX for b in batches)
+    assert not [e for b in batches for e in b if e["priority"] == "alarm"], "alarms are never batched"
+    records = centre.store.events()
+    assert len(records) == 3001 and {r["hub_id"] for r in records} == {HUB}
+    # It overtook the backlog: when it was queued fewer than 1,000 events had been acked and at most
+    # ACK_WINDOW more were on their way; everything else went after it.
+    assert rig.acked.index(alarm.event_id) < 1000 + mqtt.ACK_WINDOW
+    # every backlog ack came as an item of an `acks` message, with the message's hub and centre
+    batch_acks = [ack for event_id, ack in rig.ack_calls if event_id != alarm.event_id]
+    assert all(ack["hub_id"] == HUB and ack["centre_id"] == "centre-1" and "schema" not in ack for ack in batch_acks)
+
+
+async def test_an_acks_message_clears_the_outbox_and_repeated_or_unknown_ids_are_harmless(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="cloud_bridge.mqtt")  # the second drop of a kind in a minute: debug
+    faults = [event(EventType.FAULT_TAMPER, seq, device=f"sensor-{seq}") for seq in (1, 2, 3)]
+    rig.outbox.extend(faults)
+    rig.start(rig.uplink.run())
+    await asyncio.wait_for(rig.uplink.connected.wait(), 10)
+    unknown = "01937f5e-0000-7000-8000-000000000000"
+    a, b, c = (e.event_id for e in faults)
+    # malformed (an empty batch) and foreign (another hub's) acks change nothing
+    await publish_raw(rig.broker, "acks", acks_message())
+    await publish_raw(rig.broker, "acks", acks_message((a, 1), hub_id="hub-8"))
+    await publish_raw(rig.broker, "acks", acks_message((a, 1), (a, 1), (unknown, 99), (c, 3)))
+    await rig.wait_acked(2)
+    assert [event_id for event_id, _ in rig.ack_calls] == [a, a, unknown, c]
+    assert rig.acked == [a, c]
+    assert b in rig.outbox and len(rig.outbox) == 1
+    assert rig.ack_calls[0][1] == {
+        "event_id": a,
+        "seq": 1,
+        "received_at": "2026-11-29T10:00:00Z",
+        "duplicate": False,
+        "hub_id": HUB,
+        "centre_id": "centre-test",
+    }
+    assert "malformed acks dropped" in caplog.text and "acks for another hub (hub-8) dropped" in caplog.text
+    assert len(rig.tap.violations) == 2, rig.tap.violations  # the empty batch and the foreign hub_id
+    rig.tap.violations.clear()
+    await publish_raw(rig.broker, "acks", acks_message((b, 2)))
+    await rig.wait_acked(3)
+    assert len(rig.outbox) == 0
+
+
+async def test_a_failing_ack_handler_does_not_cost_the_other_items(rig: Rig) -> None:
+    faults = [event(EventType.FAULT_POWER, seq, device="mains") for seq in (1, 2)]
+    rig.outbox.extend(faults)
+    original = rig.uplink._on_ack
+
+    async def flaky(event_id: str, ack: dict[str, Any]) -> None:
+        if event_id == faults[0].event_id:
+            raise RuntimeError("journal on fire")
+        await original(event_id, ack)
+
+    rig.uplink._on_ack = flaky
+    rig.start(rig.uplink.run())
+    await asyncio.wait_for(rig.uplink.connected.wait(), 10)
+    await publish_raw(rig.broker, "acks", acks_message((faults[0].event_id, 1), (faults[1].event_id, 2)))
+    await rig.wait_acked(1)
+    assert rig.acked == [faults[1].event_id]
+
+
+async def test_heartbeat_extra_is_merged_into_every_heartbeat(broker: PrivateBroker) -> None:
+    reports = [
+        {
+            "modem": {"sim": "READY", "signal_dbm": -71, "registered": True},
+            "uplinks": {"mqtt": {"ok": True, "detail": "x"}},
+        },
+        {"modem": None, "uplinks": {"sms": {"ok": False, "detail": "SIM PIN"}}, "hub_id": "not-me"},
+    ]
+
+    def extra() -> dict[str, Any]:
+        return reports[0] if len(reports) == 1 else reports.pop(0)
+
+    config = MqttConfig(host=broker.host, port=broker.port, heartbeat_s=0.1)
+
+    async def nothing(*_: Any) -> None: ...
+
+    uplink = MqttUplink(config, HUB, COUNTY, Outbox(), nothing, nothing, heartbeat_extra=extra)
+    tap = ContractTap(broker.host, broker.port)
+    tasks = [asyncio.create_task(tap.run())]
+    try:
+        await asyncio.wait_for(tap.subscribed.wait(), 10)
+        async with aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+            await client.subscribe(topic(COUNTY, HUB, "heartbeat"), qos=1)
+            tasks.append(asyncio.create_task(uplink.run()))
+            beats = []
+            async with asyncio.timeout(10):
+                async for message in client.messages:
+                    beats.append(json.loads(message.payload))  # type: ignore[arg-type]
+                    if len(beats) == 2:
+                        break
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert beats[0]["modem"] == {"sim": "READY", "signal_dbm": -71, "registered": True}
+    assert beats[0]["uplinks"] == {"mqtt": {"ok": True, "detail": "x"}}
+    assert (beats[1]["modem"], beats[1]["hub_id"]) == (None, HUB), "extra fields never replace the hub's own"
+    assert tap.violations == []

@@ -30,8 +30,9 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from paho.mqtt.reasoncodes import ReasonCode
 
-from cloud_bridge.broker_config import acl, mosquitto_tls_config
+from cloud_bridge.broker_config import HUB_READS, HUB_WRITES, acl, mosquitto_tls_config
 from cloud_bridge.certs import CaFiles, CertFiles, init_ca, issue
+from cloud_bridge.contract import MESSAGE_KINDS
 from cloud_bridge.mqtt import mqtt_client
 from simulator.broker import PrivateBroker, free_port
 
@@ -192,41 +193,61 @@ def test_acl_names_each_hub_and_the_centre() -> None:
     block = text.split(f"user {HUB1}\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert block == [
         f"topic write {topic(HUB1, 'event')}",
+        f"topic write {topic(HUB1, 'events')}",
         f"topic write {topic(HUB1, 'status')}",
         f"topic write {topic(HUB1, 'heartbeat')}",
         f"topic read {topic(HUB1, 'ack')}",
+        f"topic read {topic(HUB1, 'acks')}",
         f"topic read {topic(HUB1, 'cmd')}",
     ]
-    assert "topic read anju/v1/+/+/event" in text and "topic write anju/v1/+/+/ack" in text
+    for line in (
+        "read anju/v1/+/+/event",
+        "read anju/v1/+/+/events",
+        "write anju/v1/+/+/ack",
+        "write anju/v1/+/+/acks",
+    ):
+        assert f"topic {line}\n" in text, line
     with pytest.raises(ValueError, match="hub id"):
         acl(COUNTY, ["hub/#"], [CENTRE])
     with pytest.raises(ValueError, match="both"):
         acl(COUNTY, [HUB1], [HUB1])
 
 
+def test_the_acl_covers_every_message_kind_of_the_contract_once() -> None:
+    assert sorted([*HUB_WRITES, *HUB_READS]) == sorted(MESSAGE_KINDS)
+
+
 # --- the broker --------------------------------------------------------------------------------------
 
 
-async def test_hub_event_reaches_centre_through_shared_subscription(county: County) -> None:
-    async with client(county, county.pki.centre, "centre-w1") as centre, client(county, county.pki.hub1, HUB1) as hub:
-        granted = await centre.subscribe("$share/centre/anju/v1/+/+/event", qos=1)
+@pytest.mark.parametrize("kind", ["event", "events"])
+async def test_hub_event_reaches_centre_through_shared_subscription(county: County, kind: str) -> None:
+    async with (
+        client(county, county.pki.centre, f"centre-w1-{kind}") as centre,
+        client(county, county.pki.hub1, HUB1) as hub,
+    ):
+        granted = await centre.subscribe(f"$share/centre/anju/v1/+/+/{kind}", qos=1)
         assert values(granted) == [1]
-        await hub.publish(topic(HUB1, "event"), b'{"n": 1}', qos=1)
+        codes = record_pubacks(hub)
+        await hub.publish(topic(HUB1, kind), b'{"n": 1}', qos=1)
         message = await next_message(centre)
-        assert (str(message.topic), message.payload) == (topic(HUB1, "event"), b'{"n": 1}')
+        assert (str(message.topic), message.payload) == (topic(HUB1, kind), b'{"n": 1}')
+        assert codes == [0]
 
 
 async def test_hub_cannot_publish_on_another_hubs_topic(county: County) -> None:
     async with client(county, county.pki.centre, "centre-w2") as centre, client(county, county.pki.hub2, HUB2) as hub2:
         await centre.subscribe("$share/centre/anju/v1/+/+/event", qos=1)
+        await centre.subscribe("$share/centre/anju/v1/+/+/events", qos=1)
         await centre.subscribe("anju/v1/+/+/status", qos=1)
         codes = record_pubacks(hub2)
         await hub2.publish(topic(HUB1, "event"), b"forged-1", qos=1)
         await hub2.publish(topic(HUB1, "event"), b"forged-0", qos=0)
+        await hub2.publish(topic(HUB1, "events"), b"forged-batch", qos=1)
         await hub2.publish(topic(HUB1, "status"), b"forged-status", qos=1, retain=True)
         await hub2.publish(topic(HUB2, "event"), b"marker", qos=1)
         # QoS 1: PUBACK 0x87 (Not authorized). QoS 0 has no PUBACK: paho reports 0 once it has sent it.
-        assert codes == [0x87, 0x00, 0x87, 0x00]
+        assert codes == [0x87, 0x00, 0x87, 0x87, 0x00]
         message = await next_message(centre)
         assert (str(message.topic), message.payload) == (topic(HUB2, "event"), b"marker")
 
@@ -239,15 +260,21 @@ async def test_hub_cannot_read_another_hubs_commands(county: County) -> None:
     ):
         await hub1.subscribe(topic(HUB1, "cmd"), qos=1)
         # Granted all the same: mosquitto's acl_file checks read access on delivery, not on SUBSCRIBE.
-        granted = await hub2.subscribe([(topic(HUB1, "cmd"), 1), (topic(HUB1, "ack"), 1), ("#", 1)])
-        assert values(granted) == [1, 1, 1]
+        await hub1.subscribe(topic(HUB1, "acks"), qos=1)
+        granted = await hub2.subscribe(
+            [(topic(HUB1, "cmd"), 1), (topic(HUB1, "ack"), 1), (topic(HUB1, "acks"), 1), ("#", 1)]
+        )
+        assert values(granted) == [1, 1, 1, 1]
         codes = record_pubacks(centre)
         await centre.publish(topic(HUB1, "cmd"), b"for-hub-1", qos=1)
         await centre.publish(topic(HUB1, "ack"), b"ack-hub-1", qos=1)
+        await centre.publish(topic(HUB1, "acks"), b"acks-hub-1", qos=1)
         await hub1.publish(topic(HUB1, "event"), b"event-hub-1", qos=1)
+        await hub1.publish(topic(HUB1, "events"), b"events-hub-1", qos=1)
         await centre.publish(topic(HUB2, "cmd"), b"marker", qos=1)
-        assert codes == [0, 0, 0]
+        assert codes == [0, 0, 0, 0]
         assert (await next_message(hub1)).payload == b"for-hub-1"
+        assert (await next_message(hub1)).payload == b"acks-hub-1"  # its own acks it may read
         message = await next_message(hub2)  # the first thing hub-2 gets is its own command
         assert (str(message.topic), message.payload) == (topic(HUB2, "cmd"), b"marker")
 
@@ -256,8 +283,11 @@ async def test_centre_cannot_publish_events_as_a_hub(county: County) -> None:
     async with client(county, county.pki.centre, "centre-w4") as centre:
         codes = record_pubacks(centre)
         await centre.publish(topic(HUB1, "event"), b"x", qos=1)
+        await centre.publish(topic(HUB1, "events"), b"x", qos=1)
         await centre.publish(topic(HUB1, "ack"), b"y", qos=1)
-        assert codes == [0x87, 0x10]  # allowed, and 0x10 "No matching subscribers": no hub listens
+        await centre.publish(topic(HUB1, "acks"), b"y", qos=1)
+        # acks allowed, and 0x10 "No matching subscribers": no hub listens
+        assert codes == [0x87, 0x87, 0x10, 0x10]
 
 
 async def tls_refusal(county: County, identity: CertFiles | None) -> str:
@@ -318,7 +348,8 @@ def test_the_certs_command_creates_a_ca_and_a_hub_certificate_and_refuses_to_ove
 
 
 async def test_the_hubs_own_uplink_and_the_centre_work_over_mutual_tls(county: County, tmp_path: Path) -> None:
-    """The real MqttUplink and Centre, configured for mutual TLS: an alarm is delivered and acknowledged."""
+    """The real MqttUplink and Centre, configured for mutual TLS: an alarm (alone, on `event`) and two
+    faults (a batch, on `events`) are delivered and acknowledged (`ack`, `acks`) through the ACL."""
     from cloud_bridge.mqtt import MqttUplink, tls_context
     from cloud_bridge.outbox import Outbox
     from hub.config import MqttConfig, MqttTls
@@ -337,7 +368,7 @@ async def test_the_hubs_own_uplink_and_the_centre_work_over_mutual_tls(county: C
     acked = asyncio.Event()
 
     async def on_ack(event_id: str, body: dict[str, Any]) -> None:
-        if outbox.ack(event_id):
+        if outbox.ack(event_id) and len(outbox) == 0:
             acked.set()
 
     async def on_command(body: dict[str, Any]) -> None: ...
@@ -349,9 +380,16 @@ async def test_the_hubs_own_uplink_and_the_centre_work_over_mutual_tls(county: C
     tasks = [asyncio.create_task(centre.run()), asyncio.create_task(uplink.run())]
     try:
         await asyncio.wait_for(centre.connected.wait(), WAIT)
-        outbox.add(Event(EventType.ALARM_EMERGENCY, HUB1, "hh-1", COUNTY, "cord").with_seq(1))
+        await asyncio.wait_for(uplink.connected.wait(), WAIT)
+        outbox.extend(
+            [
+                Event(EventType.ALARM_EMERGENCY, HUB1, "hh-1", COUNTY, "cord").with_seq(1),
+                Event(EventType.FAULT_BATTERY_LOW, HUB1, "hh-1", COUNTY, "pendant").with_seq(2),
+                Event(EventType.FAULT_TAMPER, HUB1, "hh-1", COUNTY, "smoke").with_seq(3),
+            ]
+        )
         await asyncio.wait_for(acked.wait(), WAIT)
-        assert [r["hub_id"] for r in centre.store.events()] == [HUB1]
+        assert [(r["hub_id"], r["seq"]) for r in centre.store.events()] == [(HUB1, 1), (HUB1, 2), (HUB1, 3)]
     finally:
         for task in tasks:
             task.cancel()

@@ -58,3 +58,19 @@ def test_a_pendant_press_and_battery_in_plain_words(capsys) -> None:
     assert isinstance(result["packet_id"], int)
     code, out, _ = run(capsys, pendant.battery_level(42).hex(), "--mac", "A4:C1:38:00:00:09", "--key", SPEC_KEY)
     assert code == 0 and "battery: 42" in out and "encrypted: True" in out
+
+
+REFERENCE_DC09 = 'F4D20029"SIA-DCS"0001RF3L77#1234[#1234|NRR|Atest]'  # the reference line
+
+
+def test_decode_dc09_reference_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["decode", "dc09", REFERENCE_DC09, "--json"]) == 0
+    fields = json.loads(capsys.readouterr().out)
+    assert fields["message_id"] == "SIA-DCS" and fields["account"] == "1234" and fields["sequence"] == "0001"
+    assert fields["receiver"] == "F3" and fields["prefix"] == "77" and fields["data"].startswith("#1234|NRR|Atest")
+
+
+def test_decode_dc09_bad_crc_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["decode", "dc09", REFERENCE_DC09.replace("F4D2", "F4D3")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "CRC mismatch" in err

@@ -275,3 +275,37 @@ def test_the_documented_example_configuration_is_valid() -> None:
     config = load_config(example)
     assert [d.id for d in config.devices] == ["cord-bath", "cord-bed"]
     assert config.gpio.pin_factory == "default" and config.audio.player == "aplay"
+
+
+DC09 = """
+[[uplinks]]
+type = "dc09"
+host = "arc.example"
+port = 12000
+account = "1234"
+"""
+
+
+def test_uplinks_default_to_mqtt_and_load_in_order(tmp_path: Path) -> None:
+    assert [u.type for u in load_config(_write(tmp_path, HEAD)).uplinks] == ["mqtt"]
+    text = (
+        HEAD + '\n[[uplinks]]\ntype = "mqtt"\n' + DC09 + '\n[[uplinks]]\ntype = "sms"\nnumbers = ["+8612345678901"]\n'
+    )
+    assert [u.type for u in load_config(_write(tmp_path, text)).uplinks] == ["mqtt", "dc09", "sms"]
+
+
+def test_uplinks_without_mqtt_are_refused(tmp_path: Path) -> None:
+    message = _error(_write(tmp_path, HEAD + DC09))
+    assert "uplinks" in message and "the county centre keeps its record" in message
+
+
+def test_a_dc09_key_of_the_wrong_size_names_its_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, HEAD + '\n[[uplinks]]\ntype = "mqtt"\n' + DC09 + 'key = "00112233"\n')
+    message = _error(path)
+    assert f":{_line(path, 'key = ')}:" in message or "uplinks.1.key" in message
+    assert "16, 24 or 32 bytes" in message
+
+
+def test_an_uplink_listed_twice_is_refused(tmp_path: Path) -> None:
+    text = HEAD + '\n[[uplinks]]\ntype = "mqtt"\n\n[[uplinks]]\ntype = "mqtt"\n'
+    assert "listed twice" in _error(_write(tmp_path, text))

@@ -52,7 +52,7 @@ def test_the_bundled_bathroom_cord_scenario_loads() -> None:
     steps = scenario.ordered_steps()
     assert [s.at for s in steps] == sorted(s.at for s in steps)
     assert [(s.device, s.do) for s in steps if s.device] == [("cord-bath", "pull"), ("cord-bath", "pull")]
-    assert any(s.uplink == "down" for s in steps) and any(s.hub == "kill" for s in steps)
+    assert any(s.broker == "down" for s in steps) and any(s.hub == "kill" for s in steps)
     (expectation,) = scenario.expect
     assert expectation.event is EventType.ALARM_EMERGENCY
     assert (expectation.device, expectation.count, expectation.delivered) == ("cord-bath", 2, True)
@@ -209,3 +209,24 @@ def test_invalid_yaml_says_so_with_the_line(tmp_path: Path) -> None:
 def test_a_missing_scenario_file_is_named(tmp_path: Path) -> None:
     path = tmp_path / "nope.yaml"
     assert _error(path).startswith(f"{path}: cannot read the scenario")
+
+
+def test_uplink_steps_and_expectations_need_their_uplink(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "name: x\nhousehold: {id: hh-1, county: minle}\n"
+        "devices:\n  - {id: cord-bath, kind: pullcord, transport: gpio, pin: 17}\n"
+        "steps:\n  - {at: 1.0, modem: no_signal}\n"
+    )
+    with pytest.raises(ConfigError, match=r"s.yaml:6: steps\[0\].modem: no sms uplink"):
+        load_scenario(path)
+    path.write_text(
+        "name: x\nhousehold: {id: hh-1, county: minle}\n"
+        "devices:\n  - {id: cord-bath, kind: pullcord, transport: gpio, pin: 17}\n"
+        "uplinks:\n  - {type: mqtt}\n  - {type: sms, numbers: ['+8612345678901']}\n"
+        "steps:\n  - {at: 1.0, uplink: flaky, path: mqtt}\n  - {at: 2.0, modem: no_signal}\n"
+        "expect:\n  - {sms: true, count: 1}\n"
+    )
+    scenario = load_scenario(path)
+    assert [s.uplink or s.modem for s in scenario.steps] == ["flaky", "no_signal"]
+    assert scenario.uplink("sms").numbers == ["+8612345678901"]
