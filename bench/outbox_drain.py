@@ -58,8 +58,8 @@ of a batch checked exactly like a lone event) and ~12% in SQLite; the hub spends
 validating `acks` and its journal thread marks acks in group commits. Before batching (one
 message, one validation, one commit and one ack per event) this bench drained 368-545 events/s
 (10,000 to 20,000 events) and the alarm waited 0.73-0.91 s; the hub also spent most of its time in
-`Outbox.seconds_until_due(ALARM)`, which walks every ready event and is no longer called with the
-window full."""
+`Outbox.seconds_until_due(ALARM)`, which walked every ready event (it now looks at the tops of its
+heaps only)."""
 HUB, COUNTY = "hub-drain", "bench"
 
 

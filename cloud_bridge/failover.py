@@ -4,12 +4,12 @@ The MQTT uplink (cloud_bridge.mqtt) carries every event to the county centre; th
 and it keeps resending until the centre's ack. This module watches each unacknowledged *alarm*
 and, when the paths before one are down or have not got an ack in time, sends it down the next:
 
-- **DC-09** (`Dc09Path`): a professional alarm receiving centre over TCP. An alarm goes there
+- **DC-09** (`cloud_bridge.dc09_uplink.Dc09Path`): a professional alarm receiving centre over TCP. An alarm goes there
   when the uplinks listed before DC-09 are down (MQTT not connected), or when it has waited
   `after_s` for an ack. An ACK from the receiver makes the alarm done; a NAK is answered once with
   the receiver's clock; a DUH is reported and never looped on. The DC-09 sequence number comes
   from the hub's own sequence number, so a resend carries the same one.
-- **SMS** (`SmsPath`): the last resort, through the 4G modem. An alarm goes by SMS when no IP
+- **SMS** (`cloud_bridge.sms.SmsPath`): the last resort, through the 4G modem. An alarm goes by SMS when no IP
   uplink has acknowledged it within the escalation time, or at once when every IP uplink has
   failed it. An SMS is *sent*, not acknowledged: it is sent once per alarm, and the alarm stays
   pending for MQTT (the centre's record) and DC-09.
@@ -25,30 +25,23 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cloud_bridge.dc09 import Dc09Client, FrameError, ResponseKind, encode_event
 from cloud_bridge.outbox import RetryPolicy
-from cloud_bridge.sms import send_alarm_sms
-from edge.modem import Modem, ModemError, ModemStatus
 from hub.clock import Clock, Timer
-from hub.config import Dc09UplinkConfig, SmsUplinkConfig
 from hub.model import Event
+
+if TYPE_CHECKING:  # the paths load only for a hub that has them (cryptography, the modem driver)
+    from cloud_bridge.dc09_uplink import Dc09Path
+    from cloud_bridge.sms import SmsPath
 
 log = logging.getLogger(__name__)
 
 # (event, path, acknowledged): a path carried the event; `acknowledged` is False for an SMS, which
 # the network accepted but nobody confirmed.
 DeliveryHandler = Callable[[Event, str, bool], None]
-
-
-def dc09_sequence(hub_seq: int) -> int:
-    """The DC-09 sequence number (0001-9999) of a hub event: the same on every resend."""
-    return (hub_seq - 1) % 9999 + 1
 
 
 @dataclass
@@ -65,150 +58,6 @@ class PathHealth:
 
     def report(self) -> dict[str, Any]:
         return {"ok": bool(self.ok), "detail": self.detail}
-
-
-class Dc09Path:
-    """Alarms to one DC-09 receiver, one message at a time, with NULL link tests in between."""
-
-    name = "dc09"
-
-    def __init__(self, config: Dc09UplinkConfig, zones: dict[str, int]) -> None:
-        self.config = config
-        self.zones = zones
-        self.client = Dc09Client(
-            config.host,
-            config.port,
-            config.account,
-            receiver=config.receiver,
-            prefix=config.prefix,
-            key=config.key,
-            key_format=config.key_format,
-            transport=config.protocol,
-        )
-        self.health = PathHealth()
-        self._lock = asyncio.Lock()
-        self._null_sequence = 0
-        self._last_traffic = time.monotonic()
-
-    async def deliver(self, event: Event) -> str:
-        """Send one alarm; returns "ack", "failed" (try again later) or "refused" (do not retry:
-        the event has no code, or the receiver answered DUH)."""
-        assert event.seq is not None
-        try:
-            message = self._encode(event, datetime.now(UTC) + self.client.clock_offset)
-        except ValueError as exc:
-            log.error("alarm %s cannot go over DC-09: %s", event.event_id, exc)
-            return "refused"
-        async with self._lock:
-            self._last_traffic = time.monotonic()
-            try:
-                response = await self.client.send(message, self.config.timeout_s)
-                if response.kind is ResponseKind.NAK:
-                    # The receiver's clock disagrees with ours: stamp with its clock and send again, once.
-                    log.warning("DC-09 receiver NAKed %s; resending with its clock", event.event_id)
-                    message = self._encode(event, datetime.now(UTC) + self.client.clock_offset)
-                    response = await self.client.send(message, self.config.timeout_s)
-            except (OSError, TimeoutError, FrameError) as exc:
-                self.health.set(False, f"dc09 {self.config.host}:{self.config.port}: {exc or type(exc).__name__}")
-                return "failed"
-        if response.kind is ResponseKind.ACK:
-            self.health.set(True, f"dc09 {self.config.host}:{self.config.port}: alarm acknowledged")
-            return "ack"
-        if response.kind is ResponseKind.DUH:
-            log.error("DC-09 receiver does not understand %s (DUH); not sending it there again", event.event_id)
-            self.health.set(False, f"dc09 {self.config.host}:{self.config.port}: DUH (message not understood)")
-            return "refused"
-        self.health.set(False, f"dc09 {self.config.host}:{self.config.port}: answered {response.kind}")
-        return "failed"
-
-    async def link_test(self) -> None:
-        """A NULL message, unless an alarm went over the link recently (that proves it as well)."""
-        if time.monotonic() - self._last_traffic < self.config.link_test_s and self.health.ok:
-            return
-        async with self._lock:
-            self._null_sequence = self._null_sequence % 9999 + 1
-            self._last_traffic = time.monotonic()
-            try:
-                response = await self.client.send_null(self._null_sequence, self.config.timeout_s)
-            except (OSError, TimeoutError, FrameError) as exc:
-                self.health.set(False, f"dc09 {self.config.host}:{self.config.port}: link test failed: {exc}")
-                return
-        ok = response.kind in (ResponseKind.ACK, ResponseKind.NAK)  # a NAK proves the link and sets our clock
-        self.health.set(ok, f"dc09 {self.config.host}:{self.config.port}: link test {response.kind}")
-
-    async def run(self) -> None:
-        if self.config.link_test_s <= 0:
-            return
-        while True:
-            await self.link_test()
-            await asyncio.sleep(self.config.link_test_s)
-
-    def _encode(self, event: Event, stamp: datetime) -> bytes:
-        assert event.seq is not None
-        return encode_event(
-            event,
-            account=self.config.account,
-            receiver=self.config.receiver,
-            prefix=self.config.prefix,
-            fmt=self.config.format,
-            sequence=dc09_sequence(event.seq),
-            zone=self.zones.get(event.device_id or "", 0),
-            key=self.config.key,
-            key_format=self.config.key_format,
-            timestamp=stamp,
-        )
-
-
-class SmsPath:
-    """Alarm SMS through the 4G modem, and the modem's SIM and signal for the heartbeat."""
-
-    name = "sms"
-
-    def __init__(self, config: SmsUplinkConfig, timezone: str = "Asia/Shanghai") -> None:
-        self.config = config
-        self.timezone = timezone
-        self.modem = Modem(config.port, config.baudrate)
-        self.health = PathHealth()
-        self.status: ModemStatus | None = None
-
-    async def deliver(self, event: Event) -> str:
-        """SMS to every number; "sent" if the network took at least one, else "failed"."""
-        try:
-            await self.modem.open()
-            results = await send_alarm_sms(self.modem, self.config.numbers, event, self.timezone)
-        except ModemError as exc:
-            await self.modem.close()
-            self.health.set(False, f"sms: {exc}")
-            return "failed"
-        sent = [number for number, ok, _ in results if ok]
-        if sent:
-            self.health.set(True, f"sms: alarm sent to {len(sent)} of {len(results)} number(s)")
-            return "sent"
-        self.health.set(False, f"sms: no number could be reached ({results[0][2]})")
-        return "failed"
-
-    async def run(self) -> None:
-        """Read SIM and signal now and then; a modem that stops answering is opened again."""
-        while True:
-            try:
-                await self.modem.open()
-                self.status = await self.modem.status()
-                ready = self.status.sim == "READY" and self.status.signal_dbm is not None
-                self.health.set(
-                    ready,
-                    f"sms: SIM {self.status.sim}, signal "
-                    + ("none" if self.status.signal_dbm is None else f"{self.status.signal_dbm} dBm"),
-                )
-            except ModemError as exc:
-                self.status = None
-                self.health.set(False, f"sms: {exc}")
-                await self.modem.close()
-            await asyncio.sleep(self.config.status_s)
-
-    def report(self) -> dict[str, Any] | None:
-        if self.status is None:
-            return None
-        return {"sim": self.status.sim, "signal_dbm": self.status.signal_dbm, "registered": self.status.registered}
 
 
 @dataclass

@@ -50,6 +50,9 @@ def tls_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
     return context
 
 
+OPERATION_TIMEOUT_S = 10.0  # a subscribe's SUBACK, a publish's PUBACK
+
+
 def mqtt_client(host: str, port: int, identifier: str, **options: Any) -> aiomqtt.Client:
     """An MQTT 5 client as every part of Anju opens one: TCP_NODELAY, a 10 s operation timeout."""
     return aiomqtt.Client(
@@ -58,7 +61,7 @@ def mqtt_client(host: str, port: int, identifier: str, **options: Any) -> aiomqt
         identifier=identifier,
         protocol=aiomqtt.ProtocolVersion.V5,
         socket_options=NO_DELAY,
-        **{"timeout": 10, **options},
+        **{"timeout": OPERATION_TIMEOUT_S, **options},
     )
 
 
@@ -171,7 +174,12 @@ class MqttUplink:
                 clean_start=False,
                 properties=_session_expiry(SESSION_EXPIRY_S),
                 max_inflight_messages=MAX_IN_FLIGHT + 4,  # + status and heartbeats: ours is the limit
+                # aiomqtt ignores a connection closed before the CONNACK and waits out its timeout
+                # (a load balancer or proxy in front of a broker that is down accepts, then closes):
+                # so a short timeout for the CONNACK, the usual one for everything after it.
+                timeout=self.config.connect_timeout_s,
             ) as client:
+                client.timeout = OPERATION_TIMEOUT_S
                 client.pending_calls_threshold = MAX_IN_FLIGHT + 4  # aiomqtt warns past it
                 await client.subscribe([(self._topic(kind), 1) for kind in ("ack", "acks", "cmd")])
                 await client.publish(
@@ -238,9 +246,8 @@ class MqttUplink:
                     waiter: asyncio.Future[Any] = asyncio.ensure_future(self._wake.wait())
                     wait_s = self.outbox.seconds_until_due()
                     if wait_s == 0 and room <= 0:
-                        # Ready events wait for the window: an ack or a new event wakes us, a resend
-                        # coming due does not. (Not seconds_until_due(ALARM), which would say when
-                        # exactly, but walks every ready event to say it: 100,000 after an outage.)
+                        # Ready events wait for the window: an ack or a new event wakes us, an alarm's
+                        # resend coming due does not, so look again after a short while.
                         wait_s = RESEND_POLL_S
                     done, _ = await asyncio.wait([waiter, failed], timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
                     waiter.cancel()

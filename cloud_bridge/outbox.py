@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from hub.model import Event, Priority
 
@@ -147,20 +148,15 @@ class Outbox:
         if self._entries:
             self._notify()
 
-    def seconds_until_due(self, most: Priority | None = None) -> float | None:
+    def seconds_until_due(self) -> float | None:
         """How long until something is due: 0 when something is ready, None when nothing is queued.
-        With `most`, ready events less urgent than that do not count (they wait for the window)."""
-        if any(
-            self._entries.get(i) and self._entries[i].generation == g and (most is None or p <= most)
-            for p, _, g, i in self._ready
-        ):
+        Stale heap items on top are dropped on the way, so this stays cheap with a large backlog."""
+        self._drop_stale(self._ready)
+        self._drop_stale(self._waiting)
+        if self._ready:
             return 0.0
-        while self._waiting:
-            due, _, _, generation, event_id = self._waiting[0]
-            entry = self._entries.get(event_id)
-            if entry and entry.generation == generation:
-                return max(0.0, due - self._clock())
-            heapq.heappop(self._waiting)
+        if self._waiting:
+            return max(0.0, self._waiting[0][0] - self._clock())
         return None
 
     def pending_counts(self) -> dict[str, int]:
@@ -173,6 +169,15 @@ class Outbox:
         """When the oldest unacknowledged event happened (wall clock: monotonic times from before a
         reboot mean nothing now)."""
         return min((e.event.occurred_at for e in self._entries.values()), default=None)
+
+    def _drop_stale(self, heap: list[Any]) -> None:
+        """Pop items from the top of a heap that no longer stand for a queued send (acked, or
+        rescheduled under a new generation); both heaps end in (…, generation, event id)."""
+        while heap:
+            entry = self._entries.get(heap[0][-1])
+            if entry is not None and entry.generation == heap[0][-2]:
+                return
+            heapq.heappop(heap)
 
     def _push_ready(self, entry: _Entry) -> None:
         heapq.heappush(

@@ -11,17 +11,22 @@ to the record the same alarm makes when it arrives over MQTT or DC-09 later. Lon
 ids are shortened (with ``…``) to keep the message to one SMS.
 
 ``send_alarm_sms`` tries every number in turn, whatever happened to the one before, and reports
-each outcome.
+each outcome. ``SmsPath`` is the SMS uplink of the failover policy (cloud_bridge.failover): it
+sends an alarm's SMS through the modem and reads the modem's SIM and signal for the heartbeat.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from datetime import UTC
-from typing import Protocol
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
+from cloud_bridge.failover import PathHealth
+from edge.modem import Modem, ModemError, ModemStatus
+from hub.config import SmsUplinkConfig
 from hub.model import Event, EventType
 
 log = logging.getLogger(__name__)
@@ -118,3 +123,55 @@ async def send_alarm_sms(
             log.info("alarm SMS for %s sent to %s (mr=%d)", event.event_id, number, mr)
             results.append((number, True, f"mr={mr}"))
     return results
+
+
+class SmsPath:
+    """Alarm SMS through the 4G modem, and the modem's SIM and signal for the heartbeat."""
+
+    name = "sms"
+
+    def __init__(self, config: SmsUplinkConfig, timezone: str = "Asia/Shanghai") -> None:
+        self.config = config
+        self.timezone = timezone
+        self.modem = Modem(config.port, config.baudrate)
+        self.health = PathHealth()
+        self.status: ModemStatus | None = None
+
+    async def deliver(self, event: Event) -> str:
+        """SMS to every number; "sent" if the network took at least one, else "failed"."""
+        try:
+            await self.modem.open()
+            results = await send_alarm_sms(self.modem, self.config.numbers, event, self.timezone)
+        except ModemError as exc:
+            await self.modem.close()
+            self.health.set(False, f"sms: {exc}")
+            return "failed"
+        sent = [number for number, ok, _ in results if ok]
+        if sent:
+            self.health.set(True, f"sms: alarm sent to {len(sent)} of {len(results)} number(s)")
+            return "sent"
+        self.health.set(False, f"sms: no number could be reached ({results[0][2]})")
+        return "failed"
+
+    async def run(self) -> None:
+        """Read SIM and signal now and then; a modem that stops answering is opened again."""
+        while True:
+            try:
+                await self.modem.open()
+                self.status = await self.modem.status()
+                ready = self.status.sim == "READY" and self.status.signal_dbm is not None
+                self.health.set(
+                    ready,
+                    f"sms: SIM {self.status.sim}, signal "
+                    + ("none" if self.status.signal_dbm is None else f"{self.status.signal_dbm} dBm"),
+                )
+            except ModemError as exc:
+                self.status = None
+                self.health.set(False, f"sms: {exc}")
+                await self.modem.close()
+            await asyncio.sleep(self.config.status_s)
+
+    def report(self) -> dict[str, Any] | None:
+        if self.status is None:
+            return None
+        return {"sim": self.status.sim, "signal_dbm": self.status.signal_dbm, "registered": self.status.registered}

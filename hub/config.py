@@ -149,6 +149,7 @@ class MqttConfig(_Strict):
     tls: MqttTls | None = None
     port: int = Field(1883, ge=1, le=65535)
     keepalive_s: int = Field(30, ge=5, le=600)
+    connect_timeout_s: float = Field(5.0, gt=0, le=120, description="wait this long for the broker's CONNACK")
     heartbeat_s: float = Field(60.0, gt=0, le=3600)
     reconnect_min_s: float = Field(0.5, gt=0, le=60)
     reconnect_max_s: float = Field(30.0, gt=0, le=600)

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cloud_bridge.failover import Dc09Path, Failover, SmsPath
+from cloud_bridge.failover import Failover
 from cloud_bridge.mqtt import MqttUplink
 from cloud_bridge.outbox import Outbox, RetryPolicy
 from edge.audio import PROMPTS, AplayPlayer, Player, RecordingPlayer, SilentPlayer, VoicePrompts
@@ -211,13 +211,20 @@ class HubService:
         """DC-09 and SMS behind the MQTT uplink, in the order `uplinks` lists them."""
         dc09 = next((u for u in config.uplinks if isinstance(u, Dc09UplinkConfig)), None)
         sms = next((u for u in config.uplinks if isinstance(u, SmsUplinkConfig)), None)
-        zones = {device.id: index for index, device in enumerate(config.devices, start=1)}
-        timezone = config.rules.timezone
+        dc09_path = sms_path = None
+        if dc09 is not None:  # cryptography and the modem driver load only for a hub that uses them
+            from cloud_bridge.dc09_uplink import Dc09Path
+
+            dc09_path = Dc09Path(dc09, {device.id: index for index, device in enumerate(config.devices, start=1)})
+        if sms is not None:
+            from cloud_bridge.sms import SmsPath
+
+            sms_path = SmsPath(sms, config.rules.timezone)
         return Failover(
             order=[uplink.type for uplink in config.uplinks],
             primary_up=lambda: hasattr(self, "uplink") and self.uplink.connected.is_set(),
-            dc09=Dc09Path(dc09, zones) if dc09 else None,
-            sms=SmsPath(sms, timezone) if sms else None,
+            dc09=dc09_path,
+            sms=sms_path,
             clock=self.clock,
             sms_after_s=config.rules.escalation.ack_timeout_s,
             on_delivered=self._on_delivered,

@@ -203,6 +203,7 @@ class ScenarioRunner:
                 "heartbeat_s": 5.0,
                 "reconnect_min_s": 0.2,
                 "reconnect_max_s": 1.0,
+                "connect_timeout_s": 2.0,
             },
             "outbox": {"resend_first_s": 2.0, "resend_cap_s": 10.0},
             "journal": {

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from cloud_bridge.dc09 import CR, LF, crc16_arc
-from cloud_bridge.failover import Dc09Path, Failover, SmsPath, dc09_sequence
+from cloud_bridge.dc09_uplink import Dc09Path, dc09_sequence
+from cloud_bridge.failover import Failover
+from cloud_bridge.sms import SmsPath
 from hub.clock import SimulatedClock
 from hub.config import Dc09UplinkConfig, SmsUplinkConfig
 from hub.model import Event, EventType
