@@ -69,6 +69,7 @@ class _Alarm:
     dc09_next: float = 0.0
     dc09_attempts: int = 0
     sms_state: str = "idle"  # idle, busy, failed (retry at sms_next), sent
+    sms_left: list[str] | None = None  # numbers still to reach (None: all of them)
     sms_next: float = 0.0
     sms_attempts: int = 0
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -100,6 +101,7 @@ class Failover:
         self._alarms: dict[str, _Alarm] = {}
         self._wake = asyncio.Event()
         self._timer: Timer | None = None
+        self._finishing: set[asyncio.Task[None]] = set()  # sends of alarms done meanwhile
 
     @property
     def active(self) -> bool:
@@ -120,13 +122,25 @@ class Failover:
             self._wake.set()
 
     def delivered(self, event_id: str, via: str) -> None:
-        """Some path has the centre's ack for this event: failover for it ends."""
+        """Some path has the centre's ack for this event: failover for it ends. A send under way
+        finishes (cutting an SMS short could leave the modem mid-message); nothing new starts."""
         alarm = self._alarms.pop(event_id, None)
         if alarm is not None:
             alarm.done_via = via
-            for task in alarm.tasks:
-                if via != "dc09":  # a DC-09 send under way finishes; its answer is recorded, no more
-                    task.cancel()
+            self._finishing |= alarm.tasks
+
+    async def close(self) -> None:
+        """At shutdown: stop every send under way, close the modem and the DC-09 connection."""
+        tasks = {task for alarm in self._alarms.values() for task in alarm.tasks} | self._finishing
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.dc09 is not None:
+            await self.dc09.client.close()
+        if self.sms is not None:
+            await self.sms.close()
 
     def pending(self) -> int:
         return len(self._alarms)
@@ -141,6 +155,17 @@ class Failover:
             uplinks["sms"] = self.sms.health.report()
             extra["modem"] = self.sms.report()
         return extra
+
+    async def test_call(self, event: Event) -> list[tuple[str, bool, str]]:
+        """Send a test event over DC-09 and SMS now, whatever their state: (path, ok, detail) each."""
+        results = []
+        if self.dc09 is not None:
+            outcome = await self.dc09.deliver(event)
+            results.append(("dc09", outcome == "ack", self.dc09.health.detail))
+        if self.sms is not None:
+            sent = await self.sms.deliver(event)
+            results.append(("sms", len(sent) == len(self.sms.config.numbers), self.sms.health.detail))
+        return results
 
     async def run(self) -> None:
         """Watch the alarms for ever (plus the paths' own link tests and modem polling)."""
@@ -203,6 +228,7 @@ class Failover:
         task = asyncio.get_running_loop().create_task(self._send(alarm, path))
         alarm.tasks.add(task)
         task.add_done_callback(alarm.tasks.discard)
+        task.add_done_callback(self._finishing.discard)
 
     async def _send(self, alarm: _Alarm, path: str) -> None:
         event = alarm.event
@@ -225,12 +251,16 @@ class Failover:
                 log.warning(
                     "alarm %s #%s: sending by SMS (attempt %d)", event.type.value, event.seq, alarm.sms_attempts
                 )
-                outcome = await self.sms.deliver(event)
-                if outcome == "sent":
+                left = alarm.sms_left if alarm.sms_left is not None else list(self.sms.config.numbers)
+                none_reached_yet = len(left) == len(self.sms.config.numbers)
+                sent = await self.sms.deliver(event, left)
+                if sent and none_reached_yet:
+                    self.on_delivered(event, "sms", False)  # the alarm's first SMS has left
+                alarm.sms_left = [number for number in left if number not in sent]
+                if not alarm.sms_left:
                     alarm.sms_state = "sent"
-                    self.on_delivered(event, "sms", False)
                     return
-                alarm.sms_state = "failed"
+                alarm.sms_state = "failed"  # the numbers not reached are tried again later
                 alarm.sms_next = self.clock.monotonic() + self.retry.delay(alarm.sms_attempts, random.random())
         except asyncio.CancelledError:
             raise

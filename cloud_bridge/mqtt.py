@@ -128,9 +128,14 @@ class MqttUplink:
         self._wake = asyncio.Event()
         outbox.on_change(self._wake.set)
         self.connected = asyncio.Event()
+        self._down_since: float | None = time.monotonic()  # not connected yet counts from the start
         self._started = time.monotonic()
         self._heartbeats = 0
         self._dropped_logged: dict[str, float] = {}
+
+    def down_for(self) -> float:
+        """Seconds since the broker was last connected (or since the start); 0 while connected."""
+        return 0.0 if self._down_since is None else time.monotonic() - self._down_since
 
     def _topic(self, kind: str) -> str:
         return topic(self.county, self.hub_id, kind)
@@ -152,6 +157,7 @@ class MqttUplink:
             if self.connected.is_set():
                 delay = self.config.reconnect_min_s  # it was up: start the backoff afresh
                 self.connected.clear()
+                self._down_since = time.monotonic()
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
             delay = min(self.config.reconnect_max_s, delay * 2)
 
@@ -190,6 +196,7 @@ class MqttUplink:
                 )
                 log.info("connected to broker %s:%d", self.config.host, self.config.port)
                 self.connected.set()
+                self._down_since = None
                 self.outbox.requeue_all()
                 try:
                     async with asyncio.TaskGroup() as tasks:

@@ -137,21 +137,28 @@ class SmsPath:
         self.health = PathHealth()
         self.status: ModemStatus | None = None
 
-    async def deliver(self, event: Event) -> str:
-        """SMS to every number; "sent" if the network took at least one, else "failed"."""
+    async def deliver(self, event: Event, numbers: list[str] | None = None) -> list[str]:
+        """SMS to each of `numbers` (default: all); returns those the network took."""
+        numbers = list(self.config.numbers) if numbers is None else numbers
         try:
             await self.modem.open()
-            results = await send_alarm_sms(self.modem, self.config.numbers, event, self.timezone)
+            results = await send_alarm_sms(self.modem, numbers, event, self.timezone)
         except ModemError as exc:
             await self.modem.close()
             self.health.set(False, f"sms: {exc}")
-            return "failed"
+            return []
         sent = [number for number, ok, _ in results if ok]
-        if sent:
-            self.health.set(True, f"sms: alarm sent to {len(sent)} of {len(results)} number(s)")
-            return "sent"
-        self.health.set(False, f"sms: no number could be reached ({results[0][2]})")
-        return "failed"
+        failed = [detail for _, ok, detail in results if not ok]
+        if sent and not failed:
+            self.health.set(True, f"sms: alarm sent to {len(sent)} number(s)")
+        elif sent:
+            self.health.set(False, f"sms: sent to {len(sent)} of {len(results)} number(s); {failed[0]}")
+        else:
+            self.health.set(False, f"sms: no number could be reached ({failed[0] if failed else 'no numbers'})")
+        return sent
+
+    async def close(self) -> None:
+        await self.modem.close()
 
     async def run(self) -> None:
         """Read SIM and signal now and then; a modem that stops answering is opened again."""

@@ -26,7 +26,7 @@ from bleak.assigned_numbers import AdvertisementDataType
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 
-from edge.bthome import BthomeInterpreter
+from edge.bthome import BTHOME_UUID, BthomeInterpreter
 from hub.config import BleConfig
 from hub.model import Event
 
@@ -42,6 +42,9 @@ def _passive_unsupported(exc: Exception) -> bool:
     """bleak's word that this BlueZ has no advertisement monitors (too old, or not --experimental)."""
     text = str(exc)
     return "passive scanning" in text or "AdvertisementMonitorManager1" in text
+
+
+NEARBY_MAX = 200  # strangers remembered for pairing (the oldest is forgotten first)
 
 
 class BleRadio:
@@ -65,6 +68,8 @@ class BleRadio:
         self.restarts = 0
         self.resets = 0
         self.adverts = 0
+        # BTHome devices heard that are not in the household: address -> (RSSI, time.time(), service data)
+        self.nearby: dict[str, tuple[int | None, float, bytes]] = {}
 
     def _scanner(self) -> BleakScanner:
         bluez: Any = {"adapter": self.config.adapter}
@@ -80,6 +85,14 @@ class BleRadio:
         if not self.radio_ok:
             self._radio(True, "adverts are arriving again")
         if device.address not in self._known:
+            if BTHOME_UUID in advertisement.service_data:  # a device to pair: the installer's list
+                self.nearby[device.address] = (
+                    advertisement.rssi,
+                    time.time(),
+                    advertisement.service_data[BTHOME_UUID],
+                )
+                if len(self.nearby) > NEARBY_MAX:
+                    del self.nearby[next(iter(self.nearby))]
             return
         events = self.interpreter.feed(device.address, advertisement.service_data, advertisement.rssi, now)
         if events:

@@ -45,6 +45,8 @@ BATTERY_HYSTERESIS = 5
 RESTART_CONFIRMATIONS = 3
 
 DeviceHandler = Callable[[Device, int], None]
+# (device, signal as a person reads it, battery percent): what the installer's device list shows.
+ReadingHandler = Callable[[Device, str | None, float | None], None]
 """Called with a device and the monotonic ns of an advert (heard, or activity seen)."""
 
 
@@ -72,12 +74,14 @@ class BthomeInterpreter:
         on_activity: DeviceHandler | None = None,
         on_heard: DeviceHandler | None = None,
         clock: Callable[[], float] = time.time,
+        on_reading: ReadingHandler | None = None,
     ) -> None:
         self.origin = origin
         self.battery_low_percent = battery_low_percent
         self._security_interval_ns = int(security_interval_s * 1e9)
         self._on_activity = on_activity
         self._on_heard = on_heard
+        self._on_reading = on_reading
         self._clock = clock
         self.counts: Counter[str] = Counter()
         self._tracked: dict[str, _Tracked] = {}
@@ -166,6 +170,16 @@ class BthomeInterpreter:
         self.counts["accepted"] += 1
         if self._on_heard is not None:
             self._on_heard(tracked.device, now_ns)
+        if self._on_reading is not None:
+            battery = next(
+                (
+                    float(v.native_value)
+                    for k, v in update.entity_values.items()
+                    if k.key == "battery" and isinstance(v.native_value, int | float)
+                ),
+                None,
+            )
+            self._on_reading(tracked.device, f"{rssi} dBm" if isinstance(rssi, int) and rssi > -127 else None, battery)
         return self._events(tracked, update, counter, now_ns)
 
     def _counter_restarted(self, tracked: _Tracked, data: bytes, counter: int, rssi: int | None) -> bool:

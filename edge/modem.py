@@ -99,6 +99,7 @@ CME_ERRORS: dict[int, str] = {
     100: "unknown",
 }
 
+SETTLE_S = 0.2  # a modem answers an ESC within this
 _FINAL_OK = "OK"
 _FINAL_ERRORS = ("ERROR", "NO CARRIER", "COMMAND NOT SUPPORT", "TOO MANY PARAMETERS")
 _ERROR_RE = re.compile(r"^\+(CME|CMS) ERROR:\s*(.*)$")
@@ -222,6 +223,7 @@ class Modem:
         self._protocol: _LineProtocol | None = None
         self._lock = asyncio.Lock()
         self._open_lock = asyncio.Lock()
+        self._unsettled = False
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -242,6 +244,7 @@ class Modem:
         assert isinstance(protocol, _LineProtocol)
         self._transport, self._protocol = transport, protocol
         try:
+            self._write(ESC)  # a modem left in SMS text entry (a crash mid-send) leaves it here
             await self.command("ATE0")
             await self.command("AT+CMEE=1")
         except BaseException:
@@ -325,8 +328,15 @@ class Modem:
         """Send one AT command; return its information lines (those starting with ``expect`` if
         given, else all lines but the echo) once ``OK`` arrives."""
         async with self._lock:
+            await self._settle()
             protocol = self._start(command)
             return await self._answer(protocol, command, expect, timeout or self.command_timeout)
+
+    async def _settle(self) -> None:
+        """After an exchange cut short, let the modem's late answer arrive; `_start` then drops it."""
+        if self._unsettled:
+            self._unsettled = False
+            await asyncio.sleep(SETTLE_S)
 
     def _start(self, command: str) -> _LineProtocol:
         if self._transport is None or self._protocol is None:
@@ -371,6 +381,7 @@ class Modem:
 
     async def _cmgs(self, command: str, payload: str) -> list[str]:
         async with self._lock:
+            await self._settle()
             protocol = self._start(command)
             protocol.want_prompt = True
             heard: list[str] = []
@@ -391,6 +402,12 @@ class Modem:
                 raise ModemTimeout(
                     command, " | ".join(heard), f"modem: {command}: no '> ' prompt in {self.command_timeout:g} s"
                 ) from None
+            except BaseException:  # cancelled while waiting for the prompt: never leave the modem in text entry
+                protocol.want_prompt = False
+                with contextlib.suppress(ModemError, OSError, AssertionError):
+                    self._write(ESC)
+                self._unsettled = True  # its answer to the ESC is still to come: let it pass first
+                raise
             self._write(payload.encode("ascii") + CTRL_Z)
             try:
                 return await self._answer(protocol, command, "+CMGS:", self.sms_timeout)

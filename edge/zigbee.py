@@ -65,6 +65,10 @@ class _ClusterListener:
         self._radio.heard(self._device)
 
 
+POWER_CONFIGURATION = 0x0001
+BATTERY_PERCENTAGE = 0x0021  # battery_percentage_remaining
+
+
 class ZigbeeRadio:
     def __init__(
         self,
@@ -76,6 +80,7 @@ class ZigbeeRadio:
         on_radio: Callable[[bool, str], None],
         on_heard: Callable[[Device, int], None] | None = None,
         on_activity: Callable[[Device, int], None] | None = None,
+        on_reading: Callable[[Device, str | None, float | None], None] | None = None,
     ) -> None:
         self.config = config
         self.origin = origin
@@ -84,6 +89,8 @@ class ZigbeeRadio:
         self._on_events = on_events
         self._on_radio = on_radio
         self._on_heard = on_heard
+        self._on_reading = on_reading
+        self.joined_unknown: dict[str, tuple[Device, float]] = {}  # ieee -> (device, time.time()): to pair
         self.ias = IasInterpreter(origin, config.duplicate_window_s, on_activity)
         self.app: Any = None
         self._lost = asyncio.Event()
@@ -302,6 +309,7 @@ class ZigbeeRadio:
         kind = KIND_FOR_ZONE.get(int(zone_type), DeviceKind.SOS) if zone_type is not None else DeviceKind.SOS
         device = Device(f"zb-{ieee.replace(':', '')[-8:]}", kind, Transport.ZIGBEE, ieee=ieee, checkin_s=None)
         self._registry[ieee] = device
+        self.joined_unknown[ieee] = (device, time.time())
         log.warning(
             "Zigbee device %s is not in the household configuration; reporting it as %s (%s)",
             ieee,
@@ -312,9 +320,18 @@ class ZigbeeRadio:
 
     # -- frames from devices -------------------------------------------------------------------
 
-    def heard(self, zigpy_device: Any) -> None:
+    def heard(self, zigpy_device: Any, battery: float | None = None) -> None:
+        device = self._device(zigpy_device)
         if self._on_heard is not None:
-            self._on_heard(self._device(zigpy_device), time.monotonic_ns())
+            self._on_heard(device, time.monotonic_ns())
+        if self._on_reading is not None:
+            lqi, rssi = getattr(zigpy_device, "lqi", None), getattr(zigpy_device, "rssi", None)
+            signal = " / ".join(
+                text
+                for text in (f"LQI {lqi}" if lqi is not None else "", f"{rssi} dBm" if rssi is not None else "")
+                if text
+            )
+            self._on_reading(device, signal or None, battery)
 
     def command(self, zigpy_device: Any, cluster: Any, tsn: int, command_id: int, args: Any) -> None:
         self.heard(zigpy_device)
@@ -328,7 +345,10 @@ class ZigbeeRadio:
             self._spawn(cluster.enroll_response(0, zone_id))
 
     def attribute(self, zigpy_device: Any, cluster: Any, attrid: int, value: Any) -> None:
-        self.heard(zigpy_device)
+        battery = None
+        if cluster.cluster_id == POWER_CONFIGURATION and attrid == BATTERY_PERCENTAGE and isinstance(value, int):
+            battery = value / 2  # ZCL: half-percent units
+        self.heard(zigpy_device, battery)
         if cluster.cluster_id == IAS_ZONE and attrid == 0x0002 and value is not None:  # ZoneStatus
             self._zone(zigpy_device, int(value), None)
 

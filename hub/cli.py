@@ -26,11 +26,15 @@ examples:
 
 
 def _setup_logging(level: str) -> None:
+    from hub.api.security import RedactingFilter
+
     logging.basicConfig(
         level=getattr(logging, level),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:  # phone numbers never reach a log
+        handler.addFilter(RedactingFilter())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -136,6 +140,10 @@ def _parser() -> argparse.ArgumentParser:
     pair.add_argument("--config", type=Path, required=True, help="the running hub's configuration (TOML)")
     pair.add_argument("--seconds", type=int, default=120, help="how long joining stays open (default: %(default)s)")
 
+    from hub import provision
+
+    provision.add_parser(sub)
+
     status = sub.add_parser("status", help="ask the running hub what it is doing (radios, pending events)")
     status.add_argument("--config", type=Path, required=True, help="the running hub's configuration (TOML)")
 
@@ -169,8 +177,12 @@ def main(argv: list[str] | None = None) -> int:
             _setup_logging(config.log_level)
             from hub.service import run_forever
 
-            run_forever(config)
+            run_forever(args.config)
             return 0
+        if args.command == "provision":
+            from hub import provision
+
+            return provision.main(args)
         if args.command == "config":
             config = load_config(args.file)
             print(

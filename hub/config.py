@@ -150,6 +150,9 @@ class MqttConfig(_Strict):
     port: int = Field(1883, ge=1, le=65535)
     keepalive_s: int = Field(30, ge=5, le=600)
     connect_timeout_s: float = Field(5.0, gt=0, le=120, description="wait this long for the broker's CONNACK")
+    down_after_s: float = Field(
+        5.0, ge=0, le=600, description="failover: the broker counts as down after this long without a connection"
+    )
     heartbeat_s: float = Field(60.0, gt=0, le=3600)
     reconnect_min_s: float = Field(0.5, gt=0, le=60)
     reconnect_max_s: float = Field(30.0, gt=0, le=600)
@@ -160,6 +163,37 @@ class OutboxConfig(_Strict):
     resend_first_s: float = Field(3.0, gt=0, le=600)
     resend_cap_s: float = Field(60.0, gt=0, le=3600)
     jitter: float = Field(0.5, ge=0, le=1)
+
+
+PhoneNumber = Annotated[str, Field(pattern=r"^\+?[0-9]{3,20}$", description="digits, an optional leading +")]
+
+
+class Contact(_Strict):
+    """Someone to call for the elder: family, a neighbour, the village doctor."""
+
+    name: Annotated[str, Field(min_length=1, max_length=40)]
+    phone: PhoneNumber
+    relation: Annotated[str, Field(max_length=20)] = ""
+
+
+class ProfileConfig(_Strict):
+    """Who lives here. Personal data: it stays on the hub and in the county's records, never in logs."""
+
+    elder_name: Annotated[str, Field(max_length=40)] = ""
+    address: Annotated[str, Field(max_length=120)] = ""
+    phone: PhoneNumber | None = None
+    contacts: list[Contact] = Field(default_factory=list, max_length=10)
+
+
+class ApiConfig(_Strict):
+    """The installer's web app on the home network (hub.api). There is no default PIN: without
+    `pin_hash` (written by `anju provision`, from the PIN printed on the hub's label) it does not start."""
+
+    enabled: bool = False
+    host: str = Field("0.0.0.0", description="listen address; clients from outside private networks are refused")
+    port: int = Field(8080, ge=1, le=65535)
+    pin_hash: str | None = Field(None, description="scrypt hash of the installer PIN (hub.api.security.hash_pin)")
+    session_minutes: float = Field(30.0, gt=0, le=24 * 60, description="a session ends after this long idle")
 
 
 class JournalConfig(_Strict):
@@ -342,6 +376,8 @@ class HubConfig(_Strict):
     mqtt: MqttConfig = MqttConfig()
     outbox: OutboxConfig = OutboxConfig()
     journal: JournalConfig = JournalConfig()
+    profile: ProfileConfig = ProfileConfig()
+    api: ApiConfig = ApiConfig()
     uplinks: list[UplinkConfig] = Field(
         default_factory=_mqtt_only,
         description="the ways out, in order of failover; MQTT (the county's record) must be one of them",

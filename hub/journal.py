@@ -711,7 +711,7 @@ class AsyncJournal:
             batch, self._acks = self._acks, []
             try:
                 records = await self._run(self._journal.mark_acked_many, [(i, v) for i, v, _ in batch])
-            except JournalError as exc:
+            except Exception as exc:  # whatever it is, every waiting ack hears it (none waits for ever)
                 for _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)

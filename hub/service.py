@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sqlite3
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,9 @@ from edge.audio import PROMPTS, AplayPlayer, Player, RecordingPlayer, SilentPlay
 from edge.gpio import PinInputs, Siren, StatusLed, load_pin_factory
 from edge.zigbee import ZigbeeRadio
 from hub.clock import Clock, SimulatedClock, SystemClock
-from hub.config import AudioConfig, Dc09UplinkConfig, HubConfig, SmsUplinkConfig
+from hub.config import AudioConfig, ConfigError, Dc09UplinkConfig, HubConfig, SmsUplinkConfig
 from hub.control import ControlServer, socket_path
+from hub.device_book import DeviceBook
 from hub.journal import AsyncJournal, JournalError, JournalFull
 from hub.model import Device, Event, EventType, Priority, Transport
 from hub.notify import sd_notify
@@ -59,6 +62,10 @@ class HubService:
         self._commands_done: deque[str] = deque(maxlen=256)
         self._acknowledged: dict[str, str] = {}  # recently acknowledged event id -> the path that did it
         self._info_dropped = 0
+        self.event_listeners: list[Callable[[Event], None]] = []  # every event as it is raised (walk test)
+        self.extra_handlers: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {}  # hub.installer
+        self.book = DeviceBook()
+        self._ack_waiters: dict[str, asyncio.Future[str]] = {}
         self._storage_fault_said = False
         self.ready = asyncio.Event()
 
@@ -133,7 +140,9 @@ class HubService:
             forever.append(self._forever("simulated-clock", lambda: keep_simulated_time(config, self.clock)))
         heard = lambda device, ns: self._events(self.supervisor.heard(device.id, ns))  # noqa: E731
         ble_devices = [d for d in household.devices if d.transport is Transport.BLE]
-        if ble_devices:  # bleak and bthome-ble load only for a household that has BLE devices
+        # The radios run for the household's devices, and for pairing new ones while the installer's
+        # web app is on (bleak and bthome-ble load only then).
+        if ble_devices or config.api.enabled:
             from edge.ble import BleRadio
             from edge.bthome import BthomeInterpreter
 
@@ -145,11 +154,12 @@ class HubService:
                 ble_config.security_interval_s,
                 on_activity=lambda device, ns: self.rules.on_activity(device, ns),
                 on_heard=heard,
+                on_reading=self._reading,
             )
             self.ble = BleRadio(ble_config, interpreter, self._events, self._radio("ble"))
             forever.append(self._forever("ble", self.ble.run))
         zigbee_devices = [d for d in household.devices if d.transport is Transport.ZIGBEE]
-        if zigbee_devices:
+        if zigbee_devices or (config.api.enabled and await asyncio.to_thread(os.path.exists, config.zigbee.port)):
             self.zigbee = ZigbeeRadio(
                 config.zigbee,
                 origin,
@@ -159,6 +169,7 @@ class HubService:
                 self._radio("zigbee"),
                 on_heard=heard,
                 on_activity=lambda device, ns: self.rules.on_activity(device, ns),
+                on_reading=self._reading,
             )
             forever.append(self._forever("zigbee", self.zigbee.run))
         self.control = ControlServer(
@@ -168,6 +179,7 @@ class HubService:
                 "status": self._status,
                 "advance": self._advance,
                 "test_mode": self._test_mode,
+                **self.extra_handlers,
             },
         )
         with contextlib.suppress(OSError):
@@ -201,6 +213,7 @@ class HubService:
                 for task in self._tasks:
                     task.cancel()
             await self.control.close()
+            await self.failover.close()
             self.inputs.close()
             self.siren.close()
             self.led.close()
@@ -222,7 +235,9 @@ class HubService:
             sms_path = SmsPath(sms, config.rules.timezone)
         return Failover(
             order=[uplink.type for uplink in config.uplinks],
-            primary_up=lambda: hasattr(self, "uplink") and self.uplink.connected.is_set(),
+            # MQTT counts as down only after `down_after_s` without a connection: a start or a broker
+            # restart must not send every pending alarm to DC-09 or by SMS before MQTT had a chance.
+            primary_up=lambda: not hasattr(self, "uplink") or self.uplink.down_for() < config.mqtt.down_after_s,
             dc09=dc09_path,
             sms=sms_path,
             clock=self.clock,
@@ -274,6 +289,14 @@ class HubService:
         except JournalError as exc:
             log.critical("%s", exc)
             problem = str(exc)
+            if not _is_corrupt(exc):  # locked, no permission, I/O: the file may be fine; never set it aside
+                log.critical("the journal cannot be opened now; events are kept in memory until the next start")
+                journal = await asyncio.to_thread(AsyncJournal, Path(":memory:"))
+                fault = self.config.origin().event(
+                    EventType.FAULT_DEVICE, None, component="journal", problem=problem, action="kept in memory only"
+                )
+                self._background(self._report_after_open(fault))
+                return journal
             aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
             try:
                 for suffix in ("", "-wal", "-shm"):
@@ -292,7 +315,7 @@ class HubService:
             fault = self.config.origin().event(
                 EventType.FAULT_DEVICE, None, component="journal", problem=problem, action=action
             )
-            self._tasks.add(asyncio.create_task(self._report_after_open(fault)))
+            self._background(self._report_after_open(fault))
         await asyncio.to_thread(_mark_journal_created, path, marker)
         return journal
 
@@ -366,7 +389,41 @@ class HubService:
             await asyncio.sleep(self.supervisor.seconds_until_next_check())
             self._events(self.supervisor.check())
 
+    def _reading(self, device: Device, signal: str | None, battery: float | None) -> None:
+        self.book.heard(device.id, signal, battery)
+
+    def report_event(self, event_type: EventType, /, **details: Any) -> None:
+        """An event the hub raises about itself (commissioning), through the rules like any other."""
+        self.rules.on_event(self.config.origin().event(event_type, None, **details))
+
+    async def test_call(self, wait_s: float) -> list[Any]:
+        """A `test.call` over every configured uplink; per path, whether it got through."""
+        from hub.installer import PathResult
+
+        event = self.config.origin().event(EventType.TEST_CALL, None, reason="installer test call")
+        journaled = await self.journal.append(event)
+        acked = asyncio.get_running_loop().create_future()
+        self._ack_waiters[journaled.event_id] = acked
+        self.outbox.add(journaled)
+        results: list[PathResult] = []
+        try:
+            others = await self.failover.test_call(journaled)
+            try:
+                await asyncio.wait_for(asyncio.shield(acked), wait_s)
+                results.append(PathResult("mqtt", True, "the centre acknowledged it", datetime.now(UTC)))
+            except TimeoutError:
+                results.append(PathResult("mqtt", False, f"no ack from the centre within {wait_s:g} s", None))
+        finally:
+            self._ack_waiters.pop(journaled.event_id, None)
+        results += [PathResult(path, ok, detail, datetime.now(UTC) if ok else None) for path, ok, detail in others]
+        return results
+
     def _emit(self, event: Event, alerted_mono_ns: int | None) -> None:
+        for listener in self.event_listeners:
+            try:
+                listener(event)
+            except Exception:  # a listener (a web page) must never stop an event
+                log.exception("an event listener failed")
         task = asyncio.get_running_loop().create_task(self._record(event, alerted_mono_ns))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -374,56 +431,60 @@ class HubService:
     async def _record(self, event: Event, alerted_mono_ns: int | None) -> None:
         """Durable before reported: journal (fsync), then queue for the uplink. Never gives up.
 
-        If the journal cannot take an alarm for PROVISIONAL_AFTER_S (a full or failing disk), the
-        alarm leaves anyway with a provisional sequence number from a range of its own
-        (PROVISIONAL_SEQ_BASE + milliseconds since the epoch) and the same event id; it is still
-        journaled as soon as the disk allows. Being heard beats being on disk.
+        If the journal has not taken an alarm within PROVISIONAL_AFTER_S (a full, failing or just
+        slow disk), the alarm leaves anyway with a provisional sequence number from a range of its
+        own (PROVISIONAL_SEQ_BASE + milliseconds since the epoch) and the same event id; it is still
+        journaled as soon as the disk allows, with the ack it got meanwhile. Being heard beats
+        being on disk.
         """
         await self._journal_ready.wait()
         started = time.monotonic()
         delay = 0.1
         sent_provisionally = False
         while True:
+            attempt = asyncio.ensure_future(self.journal.append(event, alerted_mono_ns))
+            if event.type.is_alarm and not sent_provisionally:
+                wait_s = max(0.0, PROVISIONAL_AFTER_S - (time.monotonic() - started))
+                done, _ = await asyncio.wait({attempt}, timeout=wait_s)
+                if not done:
+                    log.critical("the journal has not taken %s within %g s", event.event_id, PROVISIONAL_AFTER_S)
+                    self._send_provisionally(event)
+                    sent_provisionally = True
             try:
-                journaled = await self.journal.append(event, alerted_mono_ns)
+                journaled = await attempt
                 break
             except JournalFull as exc:
                 if event.priority is Priority.INFO:  # the room left is kept for alarms and faults
                     self._dropped_info(event, exc)
                     return
                 log.critical("%s; the %s is held in memory and retried in %.1f s", exc, event.type.value, delay)
-                if event.type.is_alarm and not sent_provisionally and time.monotonic() - started >= PROVISIONAL_AFTER_S:
-                    provisional = event.with_seq(PROVISIONAL_SEQ_BASE + int(time.time() * 1000))
-                    log.critical("sending %s %s before it is on disk", event.type.value, event.event_id)
-                    self.outbox.add(provisional)
-                    self.failover.track(provisional)
-                    sent_provisionally = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
             except JournalError as exc:
                 log.critical("%s; the event is held in memory and retried in %.1f s", exc, delay)
-                if event.type.is_alarm and not sent_provisionally and time.monotonic() - started >= PROVISIONAL_AFTER_S:
-                    provisional = event.with_seq(PROVISIONAL_SEQ_BASE + int(time.time() * 1000))
-                    log.critical(
-                        "sending %s %s before it is on disk (provisional seq %d)",
-                        event.type.value,
-                        event.event_id,
-                        provisional.seq,
-                    )
-                    self.outbox.add(provisional)
-                    self.failover.track(provisional)
-                    sent_provisionally = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+            if event.type.is_alarm and not sent_provisionally and time.monotonic() - started >= PROVISIONAL_AFTER_S:
+                self._send_provisionally(event)
+                sent_provisionally = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
         if not sent_provisionally:
             self.outbox.add(journaled)
             self.failover.track(journaled)
+        elif event.event_id not in self.outbox:  # acknowledged while it was not on disk: say so there too
+            via = self._acknowledged.get(event.event_id, "mqtt")
+            self._journal_later(self.journal.mark_acked(event.event_id, via))
         if event.priority is Priority.INFO and self._storage_fault_said:  # room again: say so
             self._storage_fault_said = False
             restore = self.config.origin().event(
                 EventType.RESTORE_DEVICE, None, component="journal", info_dropped=self._info_dropped
             )
             self.rules.on_event(restore)
+
+    def _send_provisionally(self, event: Event) -> None:
+        provisional = event.with_seq(PROVISIONAL_SEQ_BASE + int(time.time() * 1000))
+        log.critical(
+            "sending %s %s before it is on disk (provisional seq %d)", event.type.value, event.event_id, provisional.seq
+        )
+        self.outbox.add(provisional)
+        self.failover.track(provisional)
 
     def _dropped_info(self, event: Event, full: JournalFull) -> None:
         """An info event the full journal refused: dropped, counted, and said once per episode."""
@@ -455,6 +516,9 @@ class HubService:
             log.debug("ack for %s ignored: not pending (already acknowledged or unknown)", event_id)
             return
         log.info("centre acknowledged %s #%s", event.type.value, event.seq)
+        waiter = self._ack_waiters.get(event_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result("mqtt")
         self._on_delivered(event, "mqtt", True)
         self._journal_later(self.journal.mark_acked(event_id, "mqtt"))
 
@@ -465,9 +529,11 @@ class HubService:
             self._journal_later(self.journal.mark_delivered(event.event_id, via, acknowledged))
         if not acknowledged:
             return
-        first = self._acknowledged.setdefault(event.event_id, via)
-        while len(self._acknowledged) > 10_000:
-            del self._acknowledged[next(iter(self._acknowledged))]
+        first = self._acknowledged.get(event.event_id, via)
+        if event.type.is_alarm:  # only alarms can be acknowledged twice (failover): only they are kept
+            self._acknowledged.setdefault(event.event_id, via)
+            while len(self._acknowledged) > 10_000:
+                del self._acknowledged[next(iter(self._acknowledged))]
         self.failover.delivered(event.event_id, via)
         if first != via:
             log.info("%s #%s also acknowledged over %s (first over %s)", event.type.value, event.seq, via, first)
@@ -482,10 +548,14 @@ class HubService:
         async def journal_it() -> None:
             try:
                 await write
-            except JournalError as exc:
+            except (JournalError, RuntimeError) as exc:  # RuntimeError: the journal closed (shutting down)
                 log.error("%s; after a restart the event is sent again and the centre drops the copy", exc)
 
-        task = asyncio.get_running_loop().create_task(journal_it())
+        self._background(journal_it())
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` beside the caller; shutdown gives it a moment to finish (see `run`)."""
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -508,6 +578,16 @@ class HubService:
         self._commands_done.append(cmd_id)
         result = self.rules.on_command(cmd["command"], cmd.get("args", {}))
         log.info("command %s (%s) from the centre: %s", cmd["command"], cmd_id, result)
+
+
+def _is_corrupt(exc: JournalError) -> bool:
+    """Whether SQLite says the file itself is damaged (not a database, malformed), as opposed to
+    locked, forbidden or failing for now."""
+    cause = exc.__cause__
+    code = getattr(cause, "sqlite_errorcode", None)
+    return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or (
+        isinstance(cause, sqlite3.DatabaseError) and ("malformed" in str(cause) or "not a database" in str(cause))
+    )
 
 
 def _journal_lost(path: Path, marker: Path) -> bool:
@@ -570,14 +650,58 @@ class _JournalWindows:
         task.add_done_callback(self._service._tasks.discard)
 
 
-def run_forever(config: HubConfig) -> None:
-    """Run the hub until SIGTERM or SIGINT."""
+def run_forever(config_path: Path) -> None:
+    """Run the hub until SIGTERM or SIGINT; with `[api] enabled`, also the installer's web app.
+
+    When the installer changes the configuration (a device paired), the service stops and starts
+    again with the new file; the web app and its sessions stay up. A file that has become invalid
+    meanwhile is logged and the hub goes on with the configuration it has.
+    """
+    from hub.config_store import ConfigStore
+    from hub.installer import Installer
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await HubService(config).run(stop)
+        store = ConfigStore(config_path)
+        installer = Installer(store)
+        config = store.load()
+        web: asyncio.Task[None] | None = None
+        if config.api.enabled:
+            from hub.api.server import serve
+
+            web = asyncio.create_task(serve(installer, config.api), name="installer-web-app")
+        try:
+            while not stop.is_set():
+                service = HubService(config)
+                installer.attach(service)
+                installer.reload_requested.clear()
+                ended = asyncio.Event()
+                watcher = asyncio.create_task(_first_of(stop, installer.reload_requested, then=ended))
+                await service.run(ended)
+                watcher.cancel()
+                if stop.is_set():
+                    break
+                try:
+                    config = store.load()
+                    log.warning("configuration changed: the hub service starts again with it")
+                except ConfigError as exc:
+                    log.error("the changed configuration is not valid, keeping the running one: %s", exc)
+        finally:
+            if web is not None:
+                web.cancel()
+                await asyncio.gather(web, return_exceptions=True)
 
     asyncio.run(main())
+
+
+async def _first_of(*events: asyncio.Event, then: asyncio.Event) -> None:
+    waiters = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    then.set()

@@ -11,6 +11,13 @@ command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]] || missing+
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v aplay >/dev/null 2>&1 || missing+=(alsa-utils)
 command -v dbus-daemon >/dev/null 2>&1 || missing+=(dbus)   # the simulator's private D-Bus (fake bluetoothd)
+# The installer's web app: WeasyPrint renders the commissioning report with Pango; a CJK font so
+# Chinese never shows as boxes; Debian's Chromium drives the browser tests (Playwright's own
+# browser download is never used).
+ldconfig -p 2>/dev/null | grep -q libpangoft2-1.0 || missing+=(libpangoft2-1.0-0)
+{ command -v fc-list >/dev/null 2>&1 && fc-list :lang=zh family | grep -q .; } || missing+=(fonts-wqy-microhei)
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
+[[ -x /usr/bin/chromedriver ]] || missing+=(chromium-driver)
 PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
   echo "Anju needs Python 3.11 or newer; $PYTHON is $("$PYTHON" --version 2>&1). Set PYTHON=/path/to/python3.11." >&2

@@ -196,6 +196,8 @@ class VirtualModem:
                     self._write(bytes([byte]))
                 self._buffer.append(byte)
             return
+        if byte == ESC:  # outside text entry an ESC cancels nothing: modules ignore it
+            return
         if byte == 0x0D:
             raw, self._buffer = bytes(self._buffer), bytearray()
             line = raw.decode("ascii", errors="replace").strip()

@@ -34,11 +34,12 @@ import tomli_w
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cloud_bridge.mqtt import mqtt_client
+from hub.api.security import hash_pin
 from hub.control import request as control_request
 from hub.control import socket_path
 from hub.model import EventType, Transport
 from simulator.ble_rig import BleRig
-from simulator.broker import PrivateBroker
+from simulator.broker import PrivateBroker, free_port
 from simulator.dc09_receiver import Dc09Receiver
 from simulator.gpio import ENV_SOCKET, PinBench
 from simulator.modem import VirtualModem
@@ -186,6 +187,13 @@ class ScenarioRunner:
         self.modem: VirtualModem | None = None
         self._noise: asyncio.Task[None] | None = None
         self._walk_test = False
+        self._broker: PrivateBroker | None = None
+        self._bench: PinBench | None = None
+        self._centre: ChildProcess | None = None
+        self._hub: ChildProcess | None = None
+        self._tap_task: asyncio.Task[None] | None = None
+        self._releases: set[asyncio.Task[None]] = set()
+        self.api_port: int | None = None  # the installer web app's port, with `api` in the scenario
 
     def _hub_config(self, broker: PrivateBroker) -> Path:
         scenario = self.scenario
@@ -204,6 +212,7 @@ class ScenarioRunner:
                 "reconnect_min_s": 0.2,
                 "reconnect_max_s": 1.0,
                 "connect_timeout_s": 2.0,
+                "down_after_s": 1.0,
             },
             "outbox": {"resend_first_s": 2.0, "resend_cap_s": 10.0},
             "journal": {
@@ -211,7 +220,11 @@ class ScenarioRunner:
                 "reserve_percent": scenario.journal.reserve_percent,
                 "min_free_mb": 0,
             },
-            "devices": [device.model_dump(mode="json", exclude_none=True) for device in scenario.devices],
+            "devices": [
+                device.model_dump(mode="json", exclude_none=True)
+                for device in scenario.devices
+                if device.id not in scenario.unpaired
+            ],
             "ble": self.ble.hub_config() if self.ble is not None else {},
             "zigbee": self.zigbee.hub_config() if self.zigbee is not None else {},
             "rules": (
@@ -237,84 +250,114 @@ class ScenarioRunner:
                     spec.update(port=str(self.modem.port_path), status_s=2.0)
                 uplinks.append(spec)
         config["uplinks"] = uplinks
+        if scenario.api is not None:
+            self.api_port = free_port()
+            config["api"] = {
+                "enabled": True,
+                "host": "127.0.0.1",
+                "port": self.api_port,
+                "pin_hash": hash_pin(scenario.api.pin),
+            }
         path = self.workdir / "hub.toml"
         path.write_bytes(tomli_w.dumps(config).encode())
         return path
 
     async def run(self) -> dict[str, Any]:
-        self.workdir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
-        broker = PrivateBroker(self.workdir / "broker")
-        bench = PinBench(self.workdir / "gpio.sock")
-        cli = [sys.executable, "-m", "hub.cli"]
-        centre = ChildProcess("centre", [*cli, "centre", "--port", "0", "--db", str(self.centre_db)], self.workdir, {})
-        hub = ChildProcess("hub", [*cli, "run", "--config", "-"], self.workdir, {ENV_SOCKET: str(bench.path)})
-        releases: set[asyncio.Task[None]] = set()
-        tap_task: asyncio.Task[None] | None = None
-        self.ble = BleRig(self.scenario, self.workdir / "bluez", self.timeline.add) if self.scenario.has_ble() else None
-        self.zigbee = (
-            ZigbeeRig(self.scenario, self.workdir / "znp", self.timeline.add) if self.scenario.has_zigbee() else None
-        )
         try:
-            if self.ble is not None:
-                await self.ble.start()
-                hub.env.update(self.ble.env())
-            if self.zigbee is not None:
-                await self.zigbee.start()
-            broker.start()
-            await self._start_uplinks(broker)
-            self.tap = ContractTap(broker.host, broker.port)
-            tap_task = asyncio.create_task(self.tap.run())
-            await asyncio.wait_for(self.tap.subscribed.wait(), 10)
-            centre.argv[centre.argv.index("0")] = str(broker.port)
-            hub.argv[-1] = str(self._hub_config(broker))
-            await bench.start()
-            await centre.start()
-            await hub.start()
-            await asyncio.wait_for(bench.connected.wait(), 10)
-            if self.zigbee is not None:
-                await self.zigbee.ready()
-            self.timeline.t0_ns = time.monotonic_ns()
-            self.timeline.add(
-                self.timeline.t0_ns,
-                "runner",
-                f"hub {self.scenario.effective_hub_id} ready; broker on port {broker.port}",
-            )
+            await self.start()
             for step in self.scenario.ordered_steps():
                 delay = self.timeline.t0_ns / 1e9 + step.at - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                await self._play(step, broker, bench, hub, centre, releases)
+                await self.play(step)
             await self._settle()
-            if releases:
-                await asyncio.gather(*releases)
-            self.hub_peak_rss_mb = hub.peak_rss_mb()
+            if self._releases:
+                await asyncio.gather(*self._releases)
+            assert self._hub is not None
+            self.hub_peak_rss_mb = self._hub.peak_rss_mb()
         finally:
-            for task in releases:
-                task.cancel()
-            await hub.stop()
-            await asyncio.sleep(0.2)  # let the tap see the hub's last messages
-            if tap_task is not None:
-                tap_task.cancel()
-            await centre.stop()
-            if self._noise is not None:
-                self._noise.cancel()
-            broker.stop()
-            for proxy in self.proxies.values():
-                await proxy.stop()
-            if self.dc09 is not None:
-                await self.dc09.stop()
-            if self.modem is not None:
-                await self.modem.stop()
-            await bench.close()
-            if self.ble is not None:
-                await self.ble.stop()
-            if self.zigbee is not None:
-                await self.zigbee.stop()
+            await self.stop()
         self.timeline.echo = None  # what follows is reconstructed from the records, not live
-        result = self._result(bench)
+        assert self._bench is not None
+        result = self._result(self._bench)
         result["duration_s"] = round(time.monotonic() - started, 3)
         return result
+
+    async def start(self) -> None:
+        """Start the broker, the rigs, the centre and the hub; return when the hub is ready. (`run`
+        does this, plays the timeline and stops; a test driving the hub by hand calls `start`,
+        `play` and `stop` itself.)"""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._broker = broker = PrivateBroker(self.workdir / "broker")
+        self._bench = bench = PinBench(self.workdir / "gpio.sock")
+        cli = [sys.executable, "-m", "hub.cli"]
+        self._centre = centre = ChildProcess(
+            "centre", [*cli, "centre", "--port", "0", "--db", str(self.centre_db)], self.workdir, {}
+        )
+        self._hub = hub = ChildProcess(
+            "hub", [*cli, "run", "--config", "-"], self.workdir, {ENV_SOCKET: str(bench.path)}
+        )
+        self.ble = BleRig(self.scenario, self.workdir / "bluez", self.timeline.add) if self.scenario.has_ble() else None
+        self.zigbee = (
+            ZigbeeRig(self.scenario, self.workdir / "znp", self.timeline.add) if self.scenario.has_zigbee() else None
+        )
+        if self.ble is not None:
+            await self.ble.start()
+            hub.env.update(self.ble.env())
+        if self.zigbee is not None:
+            await self.zigbee.start()
+        broker.start()
+        await self._start_uplinks(broker)
+        self.tap = ContractTap(broker.host, broker.port)
+        self._tap_task = asyncio.create_task(self.tap.run())
+        await asyncio.wait_for(self.tap.subscribed.wait(), 10)
+        centre.argv[centre.argv.index("0")] = str(broker.port)
+        hub.argv[-1] = str(self._hub_config(broker))
+        await bench.start()
+        await centre.start()
+        await hub.start()
+        await asyncio.wait_for(bench.connected.wait(), 10)
+        if self.zigbee is not None:
+            await self.zigbee.ready()
+        self.timeline.t0_ns = time.monotonic_ns()
+        self.timeline.add(
+            self.timeline.t0_ns,
+            "runner",
+            f"hub {self.scenario.effective_hub_id} ready; broker on port {broker.port}",
+        )
+
+    async def play(self, step: Step) -> None:
+        """Play one step now."""
+        assert self._broker and self._bench and self._hub and self._centre, "start() first"
+        await self._play(step, self._broker, self._bench, self._hub, self._centre, self._releases)
+
+    async def stop(self) -> None:
+        for task in self._releases:
+            task.cancel()
+        if self._hub is not None:
+            await self._hub.stop()
+        await asyncio.sleep(0.2)  # let the tap see the hub's last messages
+        if self._tap_task is not None:
+            self._tap_task.cancel()
+        if self._centre is not None:
+            await self._centre.stop()
+        if self._noise is not None:
+            self._noise.cancel()
+        if self._broker is not None:
+            self._broker.stop()
+        for proxy in self.proxies.values():
+            await proxy.stop()
+        if self.dc09 is not None:
+            await self.dc09.stop()
+        if self.modem is not None:
+            await self.modem.stop()
+        if self._bench is not None:
+            await self._bench.close()
+        if self.ble is not None:
+            await self.ble.stop()
+        if self.zigbee is not None:
+            await self.zigbee.stop()
 
     async def _start_uplinks(self, broker: PrivateBroker) -> None:
         """The proxies in front of the broker and the DC-09 receiver, the receiver, the modem."""

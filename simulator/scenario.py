@@ -225,6 +225,10 @@ class JournalOptions(_Strict):
     reserve_percent: float = Field(10.0, ge=1, le=90)
 
 
+class ApiOptions(_Strict):
+    pin: str = Field(pattern=r"^[0-9]{4,12}$", description="the installer PIN the hub's web app accepts")
+
+
 class Scenario(_Strict):
     name: str
     description: str | None = None
@@ -238,6 +242,10 @@ class Scenario(_Strict):
     rules: RulesConfig | None = Field(None, description="the household's rules (default: alarms only, no routines)")
     clock: ClockSpec | None = None
     journal: JournalOptions = JournalOptions()
+    api: ApiOptions | None = Field(None, description="serve the installer's web app (on a free loopback port)")
+    unpaired: list[str] = Field(
+        default_factory=list, description="devices that exist (they advertise, they can join) but the hub does not know"
+    )
     uplinks: list[UplinkSpec] | None = Field(None, description="the hub's uplinks in order (default: MQTT alone)")
     settle: Annotated[float, Field(gt=0, le=600, description="seconds to wait after the last step")] = 20.0
 
@@ -264,6 +272,9 @@ class Scenario(_Strict):
                     f"device {device.id!r} ({device.kind.value} on {device.transport.value}) cannot"
                     f" {step.do!r}; it can: {', '.join(sorted(allowed)) or 'nothing yet'}",
                 )
+        for index, device_id in enumerate(self.unpaired):
+            if device_id not in devices:
+                raise FieldProblem(("unpaired", index), f"{device_id!r} is not in `devices`")
         kinds = [uplink.type for uplink in self.uplinks or []]
         for index, step in enumerate(self.steps):
             if step.path == "dc09" and "dc09" not in kinds:

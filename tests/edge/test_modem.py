@@ -158,3 +158,21 @@ async def test_send_alarm_sms_tries_every_number(modem: Modem, sim: VirtualModem
     ]
     assert [s.number for s in sim.sent] == ["+8613800138000", "13900139000"]
     assert all(s.text == sms_text(event) for s in sim.sent)
+
+
+async def test_an_sms_cancelled_before_the_prompt_does_not_leave_the_modem_in_text_entry(tmp_path: Path) -> None:
+    """The send is cancelled (the alarm was acknowledged meanwhile) between AT+CMGS and '> ': the
+    driver leaves text entry, so the next command is a command, not part of an SMS body."""
+    async with VirtualModem(tmp_path / "modem") as virtual:
+        modem = Modem(str(virtual.port_path), command_timeout=1.0)
+        await modem.open()
+        try:
+            sending = asyncio.create_task(modem.send_sms("+8613800000000", "test"))
+            while not (modem._protocol and modem._protocol.want_prompt):
+                await asyncio.sleep(0)
+            sending.cancel()
+            await asyncio.gather(sending, return_exceptions=True)
+            status = await modem.status()
+            assert status.sim == "READY" and virtual._text_number is None and virtual.sent == []
+        finally:
+            await modem.close()

@@ -619,3 +619,20 @@ def test_a_journal_started_over_numbers_above_the_floor(tmp_path: Path) -> None:
     journal.start_sequence_after(5)  # never lowers it
     second = journal.append(Event(EventType.ALARM_EMERGENCY, "hub-1", "hh-1", "minle", "cord"))
     assert first.seq == 1_700_000_000_001 and second.seq == 1_700_000_000_002
+
+
+def test_only_a_damaged_file_counts_as_corrupt(tmp_path: Path) -> None:
+    """The service sets a journal aside only when SQLite says the file is damaged; a locked or
+    unreadable one is kept for the next start (its pending alarms are still in it)."""
+    from hub.service import _is_corrupt
+
+    damaged = tmp_path / "damaged.sqlite3"
+    damaged.write_bytes(b"this is not a database " * 200)
+    with pytest.raises(JournalError) as corrupt:
+        Journal(damaged)
+    assert _is_corrupt(corrupt.value)
+
+    for reason in ("database is locked", "unable to open database file", "disk I/O error"):
+        error = JournalError(f"cannot open the journal: {reason}")
+        error.__cause__ = sqlite3.OperationalError(reason)
+        assert not _is_corrupt(error), reason

@@ -1,0 +1,63 @@
+"""Changing a hub's configuration file from the hub itself (the installer's web app, `anju provision`).
+
+`ConfigStore.update` takes the file's TOML as a dict, lets the caller change it, validates the
+result as a whole `HubConfig` (a change that would make the file invalid is refused with the same
+located errors `anju config check` gives, and nothing is written), then replaces the file
+atomically (write a temporary file, fsync, rename) with mode 0600: it holds personal data and the
+PIN's hash. The previous version is kept as `<name>.bak`. Comments in the file are not kept (TOML
+writers cannot keep them): provisioned hubs have generated files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from pydantic import ValidationError
+
+from hub.config import ConfigError, HubConfig, load_config, located_errors, read_file, toml_line
+
+
+class ConfigStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> HubConfig:
+        return load_config(self.path)
+
+    def raw(self) -> dict[str, Any]:
+        try:
+            return tomllib.loads(read_file(self.path, "configuration"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{self.path}: not valid TOML: {exc}") from exc
+
+    def update(self, change: Callable[[dict[str, Any]], None]) -> HubConfig:
+        """Apply `change` to the file's data; write it only if the result is a valid configuration."""
+        raw = self.raw()
+        change(raw)
+        text = tomli_w.dumps(raw)
+        try:
+            HubConfig.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError("\n".join(located_errors(exc, self.path, lambda loc: toml_line(text, loc)))) from exc
+        self._write(text.encode())
+        return self.load()
+
+    def _write(self, data: bytes) -> None:
+        partial = self.path.with_name(self.path.name + ".new")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            backup = self.path.with_name(self.path.name + ".bak")
+            backup.write_bytes(self.path.read_bytes())
+            backup.chmod(0o600)
+        partial.replace(self.path)
