@@ -23,7 +23,8 @@ bench: setup
 	$(BIN)/python bench/ble_ingest.py --record
 	$(BIN)/python bench/zigbee_latency.py --record
 	$(BIN)/python bench/rules.py --record
-	$(BIN)/python bench/outbox_drain.py --events 20000 --record
+	$(BIN)/python bench/outbox_drain.py --record
+	$(BIN)/python bench/provision_import.py --record
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -4,15 +4,17 @@ The MQTT uplink (cloud_bridge.mqtt) carries every event to the county centre; th
 and it keeps resending until the centre's ack. This module watches each unacknowledged *alarm*
 and, when the paths before one are down or have not got an ack in time, sends it down the next:
 
-- **DC-09** (`cloud_bridge.dc09_uplink.Dc09Path`): a professional alarm receiving centre over TCP. An alarm goes there
-  when the uplinks listed before DC-09 are down (MQTT not connected), or when it has waited
-  `after_s` for an ack. An ACK from the receiver makes the alarm done; a NAK is answered once with
-  the receiver's clock; a DUH is reported and never looped on. The DC-09 sequence number comes
-  from the hub's own sequence number, so a resend carries the same one.
-- **SMS** (`cloud_bridge.sms.SmsPath`): the last resort, through the 4G modem. An alarm goes by SMS when no IP
-  uplink has acknowledged it within the escalation time, or at once when every IP uplink has
-  failed it. An SMS is *sent*, not acknowledged: it is sent once per alarm, and the alarm stays
-  pending for MQTT (the centre's record) and DC-09.
+- **DC-09** (`cloud_bridge.dc09_uplink.Dc09Path`): a professional alarm receiving centre over TCP
+  or UDP. An alarm goes there when the uplinks listed before DC-09 are down (MQTT without a
+  connection for `mqtt.down_after_s`), or when it has waited `after_s` for an ack. An ACK from the
+  receiver makes the alarm done; a NAK is answered once with the receiver's clock; a DUH is
+  reported and never looped on. The DC-09 sequence number comes from the hub's own sequence
+  number, so a resend carries the same one.
+- **SMS** (`cloud_bridge.sms.SmsPath`): the last resort, through the 4G modem. An alarm goes by
+  SMS when no IP uplink has acknowledged it within the escalation time, or at once when every IP
+  uplink has failed it. An SMS is *sent*, not acknowledged: each number gets it once (a number
+  not reached is tried again), and the alarm stays pending for MQTT (the centre's record) and
+  DC-09.
 
 "Done" is the first acknowledgement on any path (`Failover.delivered`); later ones are recorded
 by the caller but change nothing here. Timing runs on the hub's clock (hub.clock), so a
