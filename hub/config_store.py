@@ -45,19 +45,54 @@ class ConfigStore:
             HubConfig.model_validate(raw)
         except ValidationError as exc:
             raise ConfigError("\n".join(located_errors(exc, self.path, lambda loc: toml_line(text, loc)))) from exc
-        self._write(text.encode())
+        try:
+            self._write(text.encode())
+        except OSError as exc:
+            raise ConfigError(f"{self.path}: cannot write it ({exc.strerror or exc}); nothing was changed") from exc
         return self.load()
 
     def _write(self, data: bytes) -> None:
-        partial = self.path.with_name(self.path.name + ".new")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        """The new file next to the old, written whole and read back, then renamed over it; the old
+        one kept as `.bak` (written the same way first). A full disk fails here, changing nothing."""
+        backup = self.path.with_name(self.path.name + ".bak")
+        with contextlib.suppress(FileNotFoundError):
+            _write_whole(backup, self.path.read_bytes())
+        partial = _write_whole(self.path.with_name(self.path.name + ".new"), data, rename=False)
         try:
-            os.write(fd, data)
+            tomllib.loads(partial.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            partial.unlink(missing_ok=True)
+            raise ConfigError(f"{self.path}: the new configuration could not be written whole ({exc})") from exc
+        partial.replace(self.path)
+        _fsync_directory(self.path.parent)
+
+
+def _write_whole(path: Path, data: bytes, rename: bool = True) -> Path:
+    """Write `data` to a fresh 0600 file (all of it: a short write is retried, a full disk raises),
+    fsync it, and with `rename` move it to `path`. Returns where the data is."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.unlink(missing_ok=True)  # a leftover would keep its old mode
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        temporary.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    if not rename:
+        return temporary
+    temporary.replace(path)
+    return path
+
+
+def _fsync_directory(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        with contextlib.suppress(OSError):
-            backup = self.path.with_name(self.path.name + ".bak")
-            backup.write_bytes(self.path.read_bytes())
-            backup.chmod(0o600)
-        partial.replace(self.path)

@@ -20,7 +20,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -46,11 +46,12 @@ class Triggered:
 @dataclass
 class WalkTest:
     started_at: datetime | None = None
+    until: datetime | None = None  # test mode ends by itself then (hub.rules does the same)
     triggered: dict[str, Triggered] = field(default_factory=dict)
 
     @property
     def running(self) -> bool:
-        return self.started_at is not None
+        return self.until is not None and datetime.now(UTC) < self.until
 
 
 @dataclass(frozen=True)
@@ -70,13 +71,16 @@ class Installer:
         self._listeners: set[Callable[[str, Triggered], None]] = set()
         self.reload_requested = asyncio.Event()
         self._config: HubConfig | None = None  # the latest written, ahead of the service until it restarts
+        self._resume: asyncio.Task[None] | None = None
+        self._config_stamp: tuple[int, int] | None = None
 
     # -- the service -----------------------------------------------------------------------------
 
     def attach(self, service: HubService) -> None:
         self.service = service
-        self._config = service.config
         service.event_listeners.append(self._on_event)
+        if self.walk.running:  # a device paired mid-walk-test restarted the service: test mode goes on
+            self._resume = asyncio.get_running_loop().create_task(self._resume_walk_test(service))
         service.extra_handlers.update(  # `anju provision …` reaches these through the control socket
             {
                 "reload": self._reload_request,
@@ -86,8 +90,13 @@ class Installer:
             }
         )
 
+    async def _resume_walk_test(self, service: HubService) -> None:
+        await service.ready.wait()
+        if self.walk.running and self.walk.until is not None and service is self.service:
+            minutes = (self.walk.until - datetime.now(UTC)).total_seconds() / 60
+            service.rules.set_test_mode(True, minutes)
+
     async def _reload_request(self, request: dict[str, Any]) -> dict[str, Any]:
-        self._config = self.store.load()
         self.reload_requested.set()
         return {"reloading": True}
 
@@ -118,9 +127,19 @@ class Installer:
 
     @property
     def config(self) -> HubConfig:
-        if self._config is None:
-            self._config = self.store.load()
+        """The configuration as the file has it now (read again whenever the file changed: by the
+        web app, `anju provision`, or a person), ahead of the service until it restarts."""
+        stamp = self._file_stamp()
+        if self._config is None or stamp != self._config_stamp:
+            self._config, self._config_stamp = self.store.load(), stamp
         return self._config
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            info = self.store.path.stat()
+        except OSError:
+            return None
+        return (info.st_mtime_ns, info.st_size)
 
     async def running_service(self, wait_s: float = 15.0) -> HubService:
         """The hub service, once it is ready: just after a device was paired it is restarting."""
@@ -132,7 +151,7 @@ class Installer:
 
     def update_config(self, change: Callable[[dict[str, Any]], None]) -> HubConfig:
         """Change the configuration file and restart the hub service with it."""
-        self._config = config = self.store.update(change)
+        config = self.store.update(change)
         self.reload_requested.set()
         return config
 
@@ -140,12 +159,13 @@ class Installer:
 
     async def start_walk_test(self, minutes: float = 30) -> None:
         (await self.running_service()).rules.set_test_mode(True, minutes)
-        self.walk = WalkTest(started_at=datetime.now(UTC))
+        now = datetime.now(UTC)
+        self.walk = WalkTest(started_at=now, until=now + timedelta(minutes=minutes))
 
     async def stop_walk_test(self) -> None:
         service = await self.running_service()
         service.rules.set_test_mode(False)
-        self.walk.started_at = None
+        self.walk.until = None
 
     def listen(self, listener: Callable[[str, Triggered], None]) -> Callable[[], None]:
         """Call `listener(device_id, triggered)` on every walk-test trigger; returns the way to stop."""

@@ -42,7 +42,9 @@ def add_parser(sub: Any) -> None:
 
     pin = actions.add_parser("pin", help="set a new installer PIN (printed once, stored hashed)")
     pin.add_argument("--config", type=Path, required=True)
-    pin.add_argument("--pin", help="use this PIN (4-12 digits) instead of a random one")
+    pin.add_argument(
+        "--pin", help="use this PIN (8-12 digits) instead of a random one (it shows in `ps`: prefer random)"
+    )
 
     household = actions.add_parser(
         "household",
@@ -116,8 +118,8 @@ def _change(args: argparse.Namespace) -> int:
     def change(raw: dict[str, Any]) -> None:
         if args.provision_command == "pin":
             pin = args.pin or new_pin()
-            if not (pin.isdigit() and 4 <= len(pin) <= 12):
-                raise ConfigError("a PIN is 4 to 12 digits")
+            if not (pin.isdigit() and 8 <= len(pin) <= 12):
+                raise ConfigError("a PIN is 8 to 12 digits (with the lockout, guessing 8 digits is hopeless)")
             raw.setdefault("api", {})["pin_hash"] = hash_pin(pin)
             printed.append(f"installer PIN: {pin}  (print it on the hub's label; it is stored only as a hash)")
         elif args.provision_command == "household":

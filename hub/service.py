@@ -156,7 +156,9 @@ class HubService:
                 on_heard=heard,
                 on_reading=self._reading,
             )
-            self.ble = BleRadio(ble_config, interpreter, self._events, self._radio("ble"))
+            # A radio started only for pairing (no BLE devices yet) reports its faults to the log alone.
+            report = self._radio("ble") if ble_devices else _log_radio("ble")
+            self.ble = BleRadio(ble_config, interpreter, self._events, report)
             forever.append(self._forever("ble", self.ble.run))
         zigbee_devices = [d for d in household.devices if d.transport is Transport.ZIGBEE]
         if zigbee_devices or (config.api.enabled and await asyncio.to_thread(os.path.exists, config.zigbee.port)):
@@ -166,7 +168,7 @@ class HubService:
                 zigbee_devices,
                 data_dir,
                 self._events,
-                self._radio("zigbee"),
+                self._radio("zigbee") if zigbee_devices else _log_radio("zigbee"),
                 on_heard=heard,
                 on_activity=lambda device, ns: self.rules.on_activity(device, ns),
                 on_reading=self._reading,
@@ -578,6 +580,15 @@ class HubService:
         self._commands_done.append(cmd_id)
         result = self.rules.on_command(cmd["command"], cmd.get("args", {}))
         log.info("command %s (%s) from the centre: %s", cmd["command"], cmd_id, result)
+
+
+def _log_radio(name: str) -> Callable[[bool, str], None]:
+    def report(working: bool, reason: str) -> None:
+        (log.info if working else log.warning)(
+            "%s radio (for pairing only) %s: %s", name, "works" if working else "failed", reason
+        )
+
+    return report
 
 
 def _is_corrupt(exc: JournalError) -> bool:

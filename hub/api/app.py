@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, FastAPI, Form, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -42,12 +42,11 @@ from hub.config import (
     ConfigError,
     Contact,
     DeviceConfig,
-    DeviceId,
-    HourMinute,
     Identifier,
     PhoneNumber,
     ProfileConfig,
 )
+from hub.config import Reminder as ReminderConfig
 from hub.installer import Installer
 from hub.model import DeviceKind, Transport
 from hub.report import KINDS
@@ -56,6 +55,9 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "anju_session"
+MAX_BODY_BYTES = 64 * 1024
+FORM_ROWS_MAX = 10  # contacts and reminders the household page shows at most (the config's own limit)
+NEARBY_FRESH_S = 120.0  # a BLE device not heard for this long is no longer "nearby"
 LOGIN_COOKIE = "anju_login"
 LANG_COOKIE = "anju_lang"
 
@@ -163,12 +165,6 @@ class ReportOut(BaseModel):
     pdf_url: str
 
 
-class Reminder(BaseModel):
-    id: DeviceId
-    at: HourMinute
-    text: str = Field(min_length=1, max_length=60)
-
-
 # -- authentication (module level: FastAPI reads these annotations by name) ------------------------
 
 
@@ -221,6 +217,7 @@ def create_app(installer: Installer, config: ApiConfig, clock: Callable[[], floa
     app.state.sessions = sessions
     limiter = LoginLimiter(clock=clock)
     login_secret = secrets.token_bytes(32)
+    login_lock = asyncio.Lock()
 
     def lang_of(request: Request) -> Lang:
         return "en" if request.cookies.get(LANG_COOKIE) == "en" else "zh"
@@ -309,6 +306,14 @@ def create_app(installer: Installer, config: ApiConfig, clock: Callable[[], floa
         if not is_lan_client(host):
             log.warning("refused a client outside the home network")
             return HTMLResponse(t("lan_only", lang_of(request)), status_code=403)
+        if request.method in ("POST", "PUT", "PATCH", "DELETE"):
+            # Bodies are small here: a form or a device. A large one (or one of unknown size) is
+            # refused before anything reads it, so no client can fill the hub's memory.
+            length = request.headers.get("content-length")
+            if length is None and request.headers.get("transfer-encoding"):
+                return JSONResponse({"error": "bad_request", "message": "send a Content-Length"}, status_code=411)
+            if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+                return JSONResponse({"error": "bad_request", "message": "the body is too large"}, status_code=413)
         response = await call_next(request)
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -342,16 +347,20 @@ def create_app(installer: Installer, config: ApiConfig, clock: Callable[[], floa
         next: Annotated[str, Form(max_length=200)] = "/household",
     ) -> Response:
         nonce = request.cookies.get(LOGIN_COOKIE, "")
-        if not nonce or not hmac.compare_digest(csrf, login_token(nonce)):
+        if not nonce or not hmac.compare_digest(csrf.encode(), login_token(nonce).encode()):
             raise ApiError(403, "csrf")
         client = request.client.host if request.client else "?"
-        wait = limiter.check(client)
-        if wait > 0:
-            raise ApiError(429, "locked", minutes=max(1, round(wait / 60)))
-        stored = installer.config.api.pin_hash or ""
-        if not await asyncio.to_thread(verify_pin, pin, stored):
+        # One PIN is checked at a time, and the lockout is looked at under the same lock: parallel
+        # guesses cannot all pass the check before the first failure is counted.
+        async with login_lock:
+            wait = limiter.check(client)
+            if wait > 0:
+                raise ApiError(429, "locked", minutes=max(1, round(wait / 60)))
+            stored = installer.config.api.pin_hash or ""
+            right = await asyncio.to_thread(verify_pin, pin, stored)
+            wait = 0.0 if right else limiter.failed(client)
+        if not right:
             log.warning("wrong installer PIN from a client on the home network")
-            wait = limiter.failed(client)
             if wait > 0:
                 raise ApiError(429, "locked", minutes=max(1, round(wait / 60)))
             left = limiter.tries_left(client)
@@ -376,9 +385,10 @@ def create_app(installer: Installer, config: ApiConfig, clock: Callable[[], floa
 
     @app.get("/lang/{lang}", include_in_schema=False)
     async def switch_language(request: Request, lang: Lang) -> Response:
-        back = request.headers.get("referer", "/household")
-        path = "/" + back.split("://", 1)[-1].split("/", 1)[-1] if "://" in back else "/household"
-        response = RedirectResponse(path, status_code=303)
+        back = urlsplit(request.headers.get("referer", ""))
+        same_host = back.netloc == request.headers.get("host", "")
+        path = back.path if same_host and back.path.startswith("/") and back.path[1:2] not in ("/", "\\") else ""
+        response = RedirectResponse(path or "/household", status_code=303)
         response.set_cookie(LANG_COOKIE, lang, samesite="strict", max_age=365 * 86400)
         return response
 
@@ -402,7 +412,7 @@ def create_app(installer: Installer, config: ApiConfig, clock: Callable[[], floa
             waking=config.rules.inactivity.waking,
         )
 
-    def save_household(body: HouseholdIn, reminders: list[Reminder] | None = None) -> None:
+    def save_household(body: HouseholdIn, reminders: list[ReminderConfig] | None = None) -> None:
         def change(raw: dict[str, Any]) -> None:
             profile = ProfileConfig(
                 elder_name=body.elder_name, address=body.address, phone=body.phone, contacts=body.contacts
@@ -411,14 +421,18 @@ def create_app(installer: Installer, config: ApiConfig, clock: Callable[[], floa
             if body.waking:
                 raw.setdefault("rules", {}).setdefault("inactivity", {})["waking"] = body.waking
             if reminders is not None:
-                raw.setdefault("rules", {})["reminders"] = [{"id": r.id, "at": r.at, "text": r.text} for r in reminders]
+                raw.setdefault("rules", {})["reminders"] = [r.model_dump(mode="json") for r in reminders]
 
         installer.update_config(change)
 
     @app.get("/household", response_class=HTMLResponse, include_in_schema=False)
     async def household_page(request: Request, session: SessionDep, saved: int = 0) -> Response:
         reminders = installer.config.rules.reminders
-        return page(request, "household.html", household=household(), reminders=reminders, saved=bool(saved))
+        rows = {
+            "contacts": min(FORM_ROWS_MAX, max(3, len(installer.config.profile.contacts) + 1)),
+            "reminders": min(FORM_ROWS_MAX, max(3, len(reminders) + 1)),
+        }
+        return page(request, "household.html", household=household(), reminders=reminders, rows=rows, saved=bool(saved))
 
     @app.post("/household", include_in_schema=False)
     async def household_form(request: Request, session: FormDep) -> Response:
@@ -434,14 +448,29 @@ def create_app(installer: Installer, config: ApiConfig, clock: Callable[[], floa
                 "phone": field(f"contact_phone_{i}"),
                 "relation": field(f"contact_relation_{i}"),
             }
-            for i in range(3)
+            for i in range(FORM_ROWS_MAX)
             if field(f"contact_name_{i}") or field(f"contact_phone_{i}")
         ]
-        reminders = [
-            {"id": f"r{i + 1}", "at": field(f"reminder_at_{i}"), "text": field(f"reminder_text_{i}")}
-            for i in range(3)
-            if field(f"reminder_at_{i}") or field(f"reminder_text_{i}")
-        ]
+        # Reminders keep their ids and what the form does not show (how long to wait for an answer).
+        existing = {r.id: r for r in installer.config.rules.reminders}
+        reminders: list[dict[str, Any]] = []
+        for i in range(FORM_ROWS_MAX):
+            if not (field(f"reminder_at_{i}") or field(f"reminder_text_{i}")):
+                continue
+            reminder_id = field(f"reminder_id_{i}") or next(
+                f"r{n}"
+                for n in range(1, 100)
+                if f"r{n}" not in existing and f"r{n}" not in {r["id"] for r in reminders}
+            )
+            kept = existing.get(reminder_id)
+            reminders.append(
+                {
+                    "id": reminder_id,
+                    "at": field(f"reminder_at_{i}"),
+                    "text": field(f"reminder_text_{i}"),
+                    **({"answer_min": kept.answer_min} if kept else {}),
+                }
+            )
         waking = f"{field('waking_from')}-{field('waking_to')}" if field("waking_from") else None
         try:
             body = HouseholdIn(
@@ -451,7 +480,7 @@ def create_app(installer: Installer, config: ApiConfig, clock: Callable[[], floa
                 contacts=contacts,
                 waking=waking,
             )
-            parsed = [Reminder.model_validate(r) for r in reminders]
+            parsed = [ReminderConfig.model_validate(r) for r in reminders]
         except ValidationError as exc:
             raise RequestValidationError(exc.errors()) from None
         save_household(body, parsed)
@@ -543,7 +572,7 @@ def create_app(installer: Installer, config: ApiConfig, clock: Callable[[], floa
         found = [
             NearbyBle(mac=mac, rssi=rssi, seen=datetime.fromtimestamp(seen, UTC), encrypted=bool(data[0] & 0x01))
             for mac, (rssi, seen, data) in list(ble.nearby.items())
-            if mac.upper() not in known and data
+            if mac.upper() not in known and data and time.time() - seen < NEARBY_FRESH_S
         ]
         return sorted(found, key=lambda n: -(n.rssi if n.rssi is not None else -127))
 
@@ -718,7 +747,7 @@ def create_app(installer: Installer, config: ApiConfig, clock: Callable[[], floa
         async def stream() -> AsyncIterator[str]:
             try:
                 yield "retry: 2000\n\n"
-                while not await request.is_disconnected():
+                while not await request.is_disconnected() and sessions.get(session.token) is not None:
                     try:
                         data = await asyncio.wait_for(queue.get(), 15)
                     except TimeoutError:

@@ -38,5 +38,12 @@ async def serve(installer: Installer, config: ApiConfig) -> None:
     log.info("installer web app on http://%s:%d/ (home network only)", config.host, config.port)
     try:
         await server.serve()
+    except (SystemExit, OSError) as exc:  # uvicorn exits the process when it cannot bind: not the hub
+        log.error(
+            "the installer web app could not listen on %s:%d (%s); the hub goes on without it",
+            config.host,
+            config.port,
+            exc,
+        )
     finally:
         server.should_exit = True

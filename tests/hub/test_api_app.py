@@ -5,6 +5,7 @@ changes written to the file. The whole visit in a real browser is tests/e2e/test
 
 from __future__ import annotations
 
+import asyncio
 import re
 import textwrap
 from pathlib import Path
@@ -174,3 +175,76 @@ def test_the_api_without_a_session_says_so_in_json(client: TestClient) -> None:
 def test_english_switch(client: TestClient) -> None:
     client.cookies.set("anju_lang", "en")
     assert "Installer PIN" in client.get("/login").text
+
+
+def test_a_huge_body_is_refused_before_it_is_read(client: TestClient) -> None:
+    response = client.post(
+        "/login", content=b"pin=" + b"1" * 200_000, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert response.status_code == 413
+
+
+def test_the_language_switch_never_leaves_the_hub(client: TestClient) -> None:
+    away = client.get(
+        "/lang/en", headers={"Referer": "http://evil.example//evil.example/phish"}, follow_redirects=False
+    )
+    assert away.headers["location"] == "/household"
+    back = client.get("/lang/en", headers={"Referer": "http://testserver/devices"}, follow_redirects=False)
+    assert back.headers["location"] == "/devices"
+
+
+def test_saving_the_household_keeps_what_the_form_does_not_show(client: TestClient, config_path: Path) -> None:
+    store = ConfigStore(config_path)
+
+    def four_of_each(raw: dict[str, object]) -> None:
+        raw["profile"] = {"contacts": [{"name": f"联系人{i}", "phone": f"1390000000{i}"} for i in range(4)]}
+        raw["rules"] = {
+            "reminders": [
+                {"id": f"pills-{i}", "at": f"1{i}:00", "text": "吃药" * 50, "answer_min": 30} for i in range(4)
+            ]
+        }
+
+    store.update(four_of_each)
+    page = _login(client)
+    form = dict(re.findall(r'name="([a-z_0-9]+)"[^>]*value="([^"]*)"', page.text))  # type: ignore[attr-defined]
+    response = client.post("/household", data=form)
+    assert response.status_code == 200, response.text
+    config = load_config(config_path)
+    assert len(config.profile.contacts) == 4
+    assert [(r.id, r.answer_min) for r in config.rules.reminders] == [(f"pills-{i}", 30) for i in range(4)]
+
+
+def test_a_config_write_that_fails_changes_nothing(
+    client: TestClient, config_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    before = config_path.read_bytes()
+    real_write = os.write
+
+    def disk_full(fd: int, data: bytes) -> int:
+        if len(data) > 16:
+            real_write(fd, bytes(data)[:16])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr("hub.config_store.os.write", disk_full)
+    csrf = _csrf(_login(client).text)  # type: ignore[attr-defined]
+    response = client.post("/household", data={"csrf": csrf, "elder_name": "王秀英"})
+    assert response.status_code == 422 and "nothing was changed" in response.text
+    assert config_path.read_bytes() == before
+    assert not list(config_path.parent.glob("*.tmp"))
+
+
+async def test_a_busy_port_leaves_the_hub_running(config_path: Path, pin_hash: str) -> None:
+    import socket
+
+    from hub.api.server import serve
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        installer = Installer(ConfigStore(config_path))
+        await asyncio.wait_for(serve(installer, ApiConfig(host="127.0.0.1", port=port, pin_hash=pin_hash)), 10)
