@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import secrets
@@ -306,6 +307,10 @@ def create_app(installer: Installer, config: ApiConfig, clock: Callable[[], floa
         if not is_lan_client(host):
             log.warning("refused a client outside the home network")
             return HTMLResponse(t("lan_only", lang_of(request)), status_code=403)
+        if not _host_is_an_address(request.headers.get("host", "")):
+            # A name in Host means the page was reached by a domain name: a DNS-rebinding page on
+            # the installer's phone could otherwise drive the hub. The hub is reached by address.
+            return HTMLResponse(t("lan_only", lang_of(request)), status_code=421)
         if request.method in ("POST", "PUT", "PATCH", "DELETE"):
             # Bodies are small here: a form or a device. A large one (or one of unknown size) is
             # refused before anything reads it, so no client can fill the hub's memory.
@@ -837,3 +842,16 @@ def _allowed_methods(app: FastAPI, path: str) -> set[str]:
         if match is not Match.NONE:
             methods |= set(getattr(route, "methods", None) or ())
     return methods
+
+
+def _host_is_an_address(host: str) -> bool:
+    """Whether a Host header names the hub by IP address (with or without a port) or as localhost."""
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    name = name.removeprefix("[").split("]")[0]
+    if name == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True

@@ -21,6 +21,7 @@ from hub.installer import Installer
 
 PIN = "20261129"
 LAN = ("192.168.1.23", 50000)
+BASE = "http://192.168.1.10:8080"  # the hub, by address
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def clock() -> Clock:
 @pytest.fixture
 def client(config_path: Path, clock: Clock) -> TestClient:
     installer = Installer(ConfigStore(config_path))
-    return TestClient(create_app(installer, ApiConfig(session_minutes=30), clock=clock), client=LAN)
+    return TestClient(create_app(installer, ApiConfig(session_minutes=30), clock=clock), base_url=BASE, client=LAN)
 
 
 def _csrf(html: str) -> str:
@@ -163,7 +164,7 @@ def test_the_json_api_needs_the_csrf_header_for_changes(client: TestClient, conf
 
 def test_clients_outside_the_home_network_are_refused(config_path: Path) -> None:
     installer = Installer(ConfigStore(config_path))
-    outsider = TestClient(create_app(installer, ApiConfig()), client=("203.0.113.9", 40000))
+    outsider = TestClient(create_app(installer, ApiConfig()), base_url=BASE, client=("203.0.113.9", 40000))
     assert outsider.get("/login").status_code == 403
 
 
@@ -189,7 +190,7 @@ def test_the_language_switch_never_leaves_the_hub(client: TestClient) -> None:
         "/lang/en", headers={"Referer": "http://evil.example//evil.example/phish"}, follow_redirects=False
     )
     assert away.headers["location"] == "/household"
-    back = client.get("/lang/en", headers={"Referer": "http://testserver/devices"}, follow_redirects=False)
+    back = client.get("/lang/en", headers={"Referer": f"{BASE}/devices"}, follow_redirects=False)
     assert back.headers["location"] == "/devices"
 
 
@@ -248,3 +249,10 @@ async def test_a_busy_port_leaves_the_hub_running(config_path: Path, pin_hash: s
         port = taken.getsockname()[1]
         installer = Installer(ConfigStore(config_path))
         await asyncio.wait_for(serve(installer, ApiConfig(host="127.0.0.1", port=port, pin_hash=pin_hash)), 10)
+
+
+def test_a_host_name_instead_of_the_hub_address_is_refused(config_path: Path) -> None:
+    """DNS rebinding: a page on the phone that resolves its own name to the hub's address."""
+    installer = Installer(ConfigStore(config_path))
+    rebound = TestClient(create_app(installer, ApiConfig()), base_url="http://evil.example", client=LAN)
+    assert rebound.get("/login").status_code == 421
