@@ -752,6 +752,8 @@ def create_app(installer: Installer, config: ApiConfig, clock: Callable[[], floa
         async def stream() -> AsyncIterator[str]:
             try:
                 yield "retry: 2000\n\n"
+                for device_id, triggered in list(installer.walk.triggered.items()):  # what came before we connected
+                    on_trigger(device_id, triggered)
                 while not await request.is_disconnected() and sessions.get(session.token) is not None:
                     try:
                         data = await asyncio.wait_for(queue.get(), 15)
