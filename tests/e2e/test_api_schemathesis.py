@@ -63,7 +63,7 @@ def logged_in(live_hub: str) -> dict[str, str]:
     return {"Cookie": f"anju_session={token}", "X-CSRF-Token": session_csrf}
 
 
-def test_the_installer_api_keeps_its_contract(live_hub: str, logged_in: dict[str, str]) -> None:
+def test_the_installer_api_keeps_its_contract(live_hub: str, logged_in: dict[str, str], tmp_path: Path) -> None:
     """Schemathesis's own runner (`st run`), every check, a few examples per operation."""
     headers = [arg for name, value in logged_in.items() for arg in ("-H", f"{name}: {value}")]
     run = subprocess.run(
@@ -91,6 +91,7 @@ def test_the_installer_api_keeps_its_contract(live_hub: str, logged_in: dict[str
         capture_output=True,
         text=True,
         timeout=600,
+        cwd=tmp_path,  # its cache and reports stay out of the project
         env={**os.environ, "SCHEMATHESIS_HOOKS": "", "NO_COLOR": "1"},
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
