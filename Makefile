@@ -14,6 +14,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/python firmware/typecheck.py  # the device firmware against MicroPython's ESP32 stubs
 
 test: lint
 	$(BIN)/python -m pytest
@@ -25,6 +26,7 @@ bench: setup
 	$(BIN)/python bench/rules.py --record
 	$(BIN)/python bench/outbox_drain.py --record
 	$(BIN)/python bench/provision_import.py --record
+	$(BIN)/python bench/fall_eval.py --record
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -140,9 +140,19 @@ def _parser() -> argparse.ArgumentParser:
     pair.add_argument("--config", type=Path, required=True, help="the running hub's configuration (TOML)")
     pair.add_argument("--seconds", type=int, default=120, help="how long joining stays open (default: %(default)s)")
 
-    from hub import provision
+    from hub import fall_eval, provision
 
     provision.add_parser(sub)
+    fall_eval.add_arguments(
+        sub.add_parser(
+            "fall-eval",
+            help="score the pendant's fall detector on recordings (SisFall)",
+            description="Streams each recording (SisFall .txt or .csv.gz: ADXL345 counts at 200 Hz) through a "
+            "fresh FallDetector (firmware/lib/fall.py) at --rate Hz and says whether and when it fired; then "
+            "sensitivity and specificity from the file names (F.. falls, D.. activities).",
+            epilog="example: anju fall-eval ../shared/data/sisfall-train/SA01/*.csv.gz --json",
+        )
+    )
 
     status = sub.add_parser("status", help="ask the running hub what it is doing (radios, pending events)")
     status.add_argument("--config", type=Path, required=True, help="the running hub's configuration (TOML)")
@@ -179,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
 
             run_forever(args.config)
             return 0
+        if args.command == "fall-eval":
+            from hub import fall_eval
+
+            return fall_eval.main(args)
         if args.command == "provision":
             from hub import provision
 

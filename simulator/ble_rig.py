@@ -20,6 +20,7 @@ from typing import Any
 from hub.model import Transport
 from simulator.ble import FakeBluez
 from simulator.bthome import VirtualBthomeDevice
+from simulator.fall_motion import detected_after, fall_samples
 from simulator.scenario import Scenario, Step
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,19 @@ class BleRig:
         if action == "rssi":
             self.rssi[step.device] = int(step.value if step.value is not None else -60)
             return None
+        if action == "fall":
+            # The pendant's own detector decides, on a recorded fall (simulator.fall_motion).
+            confirmed_after = detected_after()
+            source = fall_samples()[1]
+            if confirmed_after is None:
+                self._note(time.monotonic_ns(), "device", f"{step.device}: {source}: the detector did not confirm it")
+                return None
+            self._note(
+                time.monotonic_ns(),
+                "device",
+                f"{step.device}: {source} through the firmware's fall detector: confirmed after"
+                f" {confirmed_after:.1f} s of motion",
+            )
         data = self._advert(action, step, virtual)
         sent = time.monotonic_ns()
         await self._send(mac, data, self.rssi[step.device])

@@ -1,4 +1,9 @@
-"""BTHome v2 advertisements written from the specification (bthome.io/format, bthome.io/encryption).
+"""BTHome v2 advertisements for the simulator's virtual devices (bthome.io/format, bthome.io/encryption).
+
+The bytes come from ``firmware.lib.bthome``, the encoder Anju's own pendant and pull-cord node run
+under MicroPython (AES-CCM written by hand on AES-ECB there), so a simulated device sends exactly
+what a real one does. This module keeps the simulator's API on top of it: string MAC addresses,
+optional keys, a virtual device with its packet id and counter, and the faults.
 
 This module only *encodes*. It never calls a decoder (neither ours nor bthome-ble), so a
 misreading of the specification in the hub cannot cancel itself out here; the tests compare its
@@ -35,51 +40,74 @@ same next counter, wrong key) and a plaintext advert from a device that should e
 from __future__ import annotations
 
 import re
-import struct
 from collections.abc import Sequence
+from functools import lru_cache
 
-from cryptography.hazmat.primitives.ciphers.aead import AESCCM
+from firmware.lib import bthome as firmware
+from firmware.lib.bthome import (
+    BATTERY,
+    BATTERY_LOW,
+    BUTTON,
+    BUTTON_EVENTS,
+    COUNTER_MODULO,
+    INFO_ENCRYPTED,
+    INFO_TRIGGER_BASED,
+    INFO_VERSION_2,
+    KEY_LENGTH,
+    MIC_LENGTH,
+    MOTION,
+    OCCUPANCY,
+    OPENING,
+    PACKET_ID,
+    SMOKE,
+    TAMPER,
+    TEMPERATURE,
+    UUID16,
+    UUID16_LE,
+    battery,
+    binary,
+    packet_id,
+    temperature,
+)
 
-UUID16 = 0xFCD2
+__all__ = [
+    "BATTERY",
+    "BATTERY_LOW",
+    "BINARY_OBJECT_IDS",
+    "BUTTON",
+    "BUTTON_EVENTS",
+    "COUNTER_MODULO",
+    "INFO_ENCRYPTED",
+    "INFO_TRIGGER_BASED",
+    "INFO_VERSION_2",
+    "KEY_LENGTH",
+    "MIC_LENGTH",
+    "MOTION",
+    "OCCUPANCY",
+    "OPENING",
+    "PACKET_ID",
+    "SERVICE_UUID",
+    "SMOKE",
+    "TAMPER",
+    "TEMPERATURE",
+    "UUID16",
+    "UUID16_LE",
+    "VirtualBthomeDevice",
+    "battery",
+    "binary",
+    "button",
+    "mac_bytes",
+    "nonce",
+    "packet_id",
+    "service_data",
+    "temperature",
+]
+
 SERVICE_UUID = "0000fcd2-0000-1000-8000-00805f9b34fb"
-UUID16_LE = struct.pack("<H", UUID16)  # b"\xd2\xfc", as it appears on the air and in the nonce
-
-# Device-information byte
-INFO_ENCRYPTED = 0x01
-INFO_TRIGGER_BASED = 0x04
-INFO_VERSION_2 = 2 << 5  # 0x40
-
-COUNTER_MODULO = 1 << 32
-MIC_LENGTH = 4
-KEY_LENGTH = 16
-
-# Object ids used by Anju (bthome.io/format "Sensor data", "Binary sensor data", "Events")
-PACKET_ID = 0x00
-BATTERY = 0x01
-TEMPERATURE = 0x02
-OPENING = 0x11
-BATTERY_LOW = 0x15
-MOTION = 0x21
-OCCUPANCY = 0x23
-SMOKE = 0x29
-TAMPER = 0x2B
-BUTTON = 0x3A
 
 # The binary-sensor ids of the specification: 0x0F generic boolean, 0x10 power, 0x11 opening,
 # 0x15 battery low ... 0x2D window. (0x12-0x14 are CO2, TVOC and moisture, not binary.)
-BINARY_OBJECT_IDS = frozenset({0x0F, 0x10, 0x11, *range(0x15, 0x2E)})
-
-# Button events (object 0x3A)
-BUTTON_EVENTS: dict[str, int] = {
-    "none": 0x00,
-    "press": 0x01,
-    "double_press": 0x02,
-    "triple_press": 0x03,
-    "long_press": 0x04,
-    "long_double_press": 0x05,
-    "long_triple_press": 0x06,
-    "hold_press": 0x80,
-}
+BINARY_OBJECT_IDS = frozenset(i for i in range(0x100) if firmware.is_binary(i))
 
 _MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}([:-]?)(?:[0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}$")
 
@@ -88,7 +116,7 @@ def mac_bytes(mac: str) -> bytes:
     """``"54:48:E6:8F:80:A5"`` (or with ``-`` or no separators) -> ``b"\\x54\\x48\\xe6\\x8f\\x80\\xa5"``."""
     if not _MAC_RE.match(mac):
         raise ValueError(f"not a MAC address: {mac!r} (expected six hex pairs, e.g. AA:BB:CC:DD:EE:FF)")
-    return bytes.fromhex(mac.replace(":", "").replace("-", ""))
+    return firmware.mac_bytes(mac)
 
 
 def _check_key(key: bytes) -> bytes:
@@ -99,7 +127,7 @@ def _check_key(key: bytes) -> bytes:
 
 def nonce(mac: str, device_info: int, counter: int) -> bytes:
     """The 13-byte AES-CCM nonce: MAC + ``d2 fc`` + device-information byte + counter (uint32 LE)."""
-    return mac_bytes(mac) + UUID16_LE + bytes([device_info]) + struct.pack("<I", counter)
+    return firmware.nonce(mac_bytes(mac), device_info, counter)
 
 
 def service_data(
@@ -112,65 +140,27 @@ def service_data(
 ) -> bytes:
     """Service data for UUID 0xFCD2: the device-information byte, then the objects.
 
-    ``objects`` are already-encoded objects (id byte + value, see the helpers below); they are sent
+    ``objects`` are already-encoded objects (id byte + value, see the helpers); they are sent
     sorted by object id, as the specification asks, keeping the order of objects with the same id.
     With ``key`` the objects are encrypted and followed by ``counter`` (uint32 LE) and the 4-byte MIC.
     """
-    for obj in objects:
-        if len(obj) < 1:
-            raise ValueError("an object needs at least its object id byte")
-    ordered: list[bytes] = sorted(objects, key=lambda obj: obj[0])
-    payload = b"".join(ordered)
-    info = INFO_VERSION_2 | (INFO_TRIGGER_BASED if trigger_based else 0)
+    address = mac_bytes(mac)
     if key is None:
-        return bytes([info]) + payload
-    if not 0 <= counter < COUNTER_MODULO:
-        raise ValueError(f"the encryption counter is a uint32, got {counter}")
-    info |= INFO_ENCRYPTED
-    sealed = AESCCM(_check_key(key), tag_length=MIC_LENGTH).encrypt(nonce(mac, info, counter), payload, None)
-    ciphertext, mic = sealed[:-MIC_LENGTH], sealed[-MIC_LENGTH:]
-    return bytes([info]) + ciphertext + struct.pack("<I", counter) + mic
+        return firmware.encode(objects, trigger_based=trigger_based)
+    return _encryptor(_check_key(key), address).encrypt(objects, counter, trigger_based=trigger_based)
 
 
-# ---- objects ---------------------------------------------------------------------------------
-
-
-def packet_id(n: int) -> bytes:
-    """Object 0x00, packet id, uint8."""
-    if not 0 <= n <= 0xFF:
-        raise ValueError(f"a packet id is 0..255, got {n}")
-    return bytes([PACKET_ID, n])
-
-
-def battery(percent: int) -> bytes:
-    """Object 0x01, battery, uint8, %."""
-    if not 0 <= percent <= 100:
-        raise ValueError(f"a battery level is 0..100 %, got {percent}")
-    return bytes([BATTERY, int(percent)])
-
-
-def temperature(celsius: float) -> bytes:
-    """Object 0x02, temperature, sint16, factor 0.01 °C."""
-    value = round(celsius * 100)
-    if not -0x8000 <= value <= 0x7FFF:
-        raise ValueError(f"temperature {celsius} °C does not fit a sint16 in 0.01 °C")
-    return bytes([TEMPERATURE]) + struct.pack("<h", value)
-
-
-def binary(object_id: int, on: bool) -> bytes:
-    """A binary-sensor object (uint8, 0 = off/clear/closed, 1 = on/detected/open)."""
-    if object_id not in BINARY_OBJECT_IDS:
-        raise ValueError(f"0x{object_id:02X} is not a BTHome binary-sensor object id")
-    return bytes([object_id, 1 if on else 0])
+@lru_cache(maxsize=256)
+def _encryptor(key: bytes, mac: bytes) -> firmware.Encryptor:
+    return firmware.Encryptor(key, mac)  # the AES key schedule once per device, not per advert
 
 
 def button(event: str) -> bytes:
     """Object 0x3A, button event: none, press, double_press, triple_press, long_press,
     long_double_press, long_triple_press, hold_press."""
-    try:
-        return bytes([BUTTON, BUTTON_EVENTS[event]])
-    except KeyError:
-        raise ValueError(f"unknown button event {event!r}; one of {', '.join(BUTTON_EVENTS)}") from None
+    if not isinstance(event, str):
+        raise ValueError(f"a button event is named, got {event!r}")
+    return firmware.button(event)
 
 
 # ---- a virtual device ------------------------------------------------------------------------
@@ -222,7 +212,7 @@ class VirtualBthomeDevice:
 
     def fall(self) -> bytes:
         """Anju convention: button 1 "none", button 2 "press" (see the module docstring)."""
-        return self._advert([button("none"), button("press")], trigger_based=True)
+        return self._advert(firmware.fall_objects(), trigger_based=True)
 
     # binary sensors
     def smoke(self, on: bool) -> bytes:
