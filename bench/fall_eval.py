@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import multiprocessing
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,7 +41,9 @@ from firmware.lib.fall import FallDetector
 from hub.fall_eval import DEFAULT_RATE, find_micropython, first_alarm, load, micropython_first_alarms
 from hub.fall_eval import micropython_us_per_sample as mp_us
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sisfall-train"
+DATA = Path(
+    os.environ.get("ANJU_SISFALL", Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sisfall-train")
+)
 RATE = DEFAULT_RATE
 TARGETS = {"sensitivity": 0.97, "specificity": 0.97, "us_per_sample": 20.0}
 PAPER = "SisFall paper's best threshold (C8): sensitivity 95.5 %, specificity 96.4 %"

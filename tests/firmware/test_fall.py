@@ -12,6 +12,7 @@ import argparse
 import gzip
 import json
 import math
+import os
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,9 @@ from hub import fall_eval
 from hub.fall_eval import RecordingError
 
 RATE = 50
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "sisfall-train"
+DATA = Path(
+    os.environ.get("ANJU_SISFALL", Path(__file__).resolve().parents[2].parent / "shared" / "data" / "sisfall-train")
+)
 needs_data = pytest.mark.skipif(
     not (DATA / "SA01").is_dir(),
     reason=f"SisFall training recordings not found at {DATA} (see the README there); not copied into the repo",
