@@ -19,10 +19,8 @@ they are never chmod-ed afterwards. Nothing is overwritten unless ``force=True``
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import ipaddress
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,6 +31,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from hub.files import write_atomic
 
 # The contract's pattern for a county and a hub id (cloud_bridge/contract/asyncapi.yaml). A centre
 # id follows it too: every client CN becomes an MQTT user name, which must not hold '/', '+', '#'.
@@ -65,22 +65,6 @@ def _check_id(what: str, value: str) -> None:
             f"invalid {what} {value!r}: use 1 to 63 lowercase letters, digits and hyphens, "
             "starting with a letter or digit (the contract's ^[a-z0-9][a-z0-9-]{0,62}$)"
         )
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write `data` to `path` through a temporary file created with `mode`, then rename it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
 
 
 def _refuse_overwrite(paths: Iterable[Path], force: bool, what: str) -> None:
@@ -151,8 +135,8 @@ def init_ca(directory: Path | str, county: str, days: int = 3650, *, force: bool
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write_atomic(files.key, _key_pem(key), 0o600)
-    _write_atomic(files.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(files.key, _key_pem(key), 0o600)
+    write_atomic(files.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return files
 
 
@@ -269,6 +253,6 @@ def issue(
             x509.SubjectAlternativeName(_broker_sans(name, dns_names, ip_addresses)), critical=False
         )
     cert = builder.sign(ca_key, hashes.SHA256())
-    _write_atomic(files.key, _key_pem(key), 0o600)
-    _write_atomic(files.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(files.key, _key_pem(key), 0o600)
+    write_atomic(files.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return files

@@ -11,7 +11,6 @@ writers cannot keep them): provisioned hubs have generated files.
 from __future__ import annotations
 
 import contextlib
-import os
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ import tomli_w
 from pydantic import ValidationError
 
 from hub.config import ConfigError, HubConfig, load_config, located_errors, read_file, toml_line
+from hub.files import fsync_directory, write_atomic
 
 
 class ConfigStore:
@@ -52,47 +52,9 @@ class ConfigStore:
         return self.load()
 
     def _write(self, data: bytes) -> None:
-        """The new file next to the old, written whole and read back, then renamed over it; the old
-        one kept as `.bak` (written the same way first). A full disk fails here, changing nothing."""
-        backup = self.path.with_name(self.path.name + ".bak")
+        """The old file kept as `.bak` first, then the new one replaced atomically and read back
+        (a full disk fails before the rename, changing nothing)."""
         with contextlib.suppress(FileNotFoundError):
-            _write_whole(backup, self.path.read_bytes())
-        partial = _write_whole(self.path.with_name(self.path.name + ".new"), data, rename=False)
-        try:
-            tomllib.loads(partial.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            partial.unlink(missing_ok=True)
-            raise ConfigError(f"{self.path}: the new configuration could not be written whole ({exc})") from exc
-        partial.replace(self.path)
-        _fsync_directory(self.path.parent)
-
-
-def _write_whole(path: Path, data: bytes, rename: bool = True) -> Path:
-    """Write `data` to a fresh 0600 file (all of it: a short write is retried, a full disk raises),
-    fsync it, and with `rename` move it to `path`. Returns where the data is."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.unlink(missing_ok=True)  # a leftover would keep its old mode
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        temporary.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    if not rename:
-        return temporary
-    temporary.replace(path)
-    return path
-
-
-def _fsync_directory(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            write_atomic(self.path.with_name(self.path.name + ".bak"), self.path.read_bytes())
+        write_atomic(self.path, data)
+        fsync_directory(self.path.parent)

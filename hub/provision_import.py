@@ -23,7 +23,6 @@ through a temporary file created with its final mode, then renamed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import csv
 import datetime as dt
@@ -54,6 +53,7 @@ from pydantic import ValidationError
 from cloud_bridge import certs
 from hub.api.security import hash_pin, new_pin
 from hub.config import FieldProblem, HubConfig
+from hub.files import write_atomic
 
 # The columns, in the order the documentation lists them.
 REQUIRED_COLUMNS = ("hub_id", "county", "household_id", "mqtt_host")
@@ -639,23 +639,6 @@ class _Made:
     ble_keys_generated: int
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write through a temporary file created with `mode` (never readable by others, not even
-    briefly), flushed to disk, then renamed over `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
 def _csv_bytes(header: Sequence[str], rows: Sequence[Sequence[str]]) -> bytes:
     out = io.StringIO(newline="")
     writer = csv.writer(out, lineterminator="\n")
@@ -695,12 +678,12 @@ def _make_bundle(job: _Job) -> _Made:
         f"# bundle's tls/ files in {TLS_DIR}/. Check with `anju config check`.\n\n"
     ) + tomli_w.dumps(config)
     HubConfig.model_validate(tomllib.loads(text))  # exactly what load_config will read on the hub
-    _write_atomic(bundle / "hub.toml", text.encode(), 0o600)
+    write_atomic(bundle / "hub.toml", text.encode(), 0o600)
     tls = bundle / "tls"
     tls.mkdir(mode=0o700)
     certs.issue(job.ca_dir, hub_id, tls, kind="hub", days=CERT_DAYS)
-    _write_atomic(tls / certs.CA_CERT, (Path(job.ca_dir) / certs.CA_CERT).read_bytes(), 0o644)
-    _write_atomic(bundle / "bthome-keys.csv", _csv_bytes(KEY_COLUMNS, keys), 0o600)
+    write_atomic(tls / certs.CA_CERT, (Path(job.ca_dir) / certs.CA_CERT).read_bytes(), 0o644)
+    write_atomic(bundle / "bthome-keys.csv", _csv_bytes(KEY_COLUMNS, keys), 0o600)
     generated = sum(1 for key in keys if key[3] == "new")
     return _Made(job.line, hub_id, household_id, pin, len(config.get("devices", [])), generated)
 
@@ -860,7 +843,7 @@ def _install(
     replaced: list[str] = []
     installed = 0
     try:
-        _write_atomic(labels, _csv_bytes(LABEL_COLUMNS, rows), 0o600)
+        write_atomic(labels, _csv_bytes(LABEL_COLUMNS, rows), 0o600)
         old = staging / ".replaced"
         old.mkdir()
         for m in made:

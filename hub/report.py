@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,6 +36,8 @@ from zoneinfo import ZoneInfo
 import jinja2
 import segno
 from markupsafe import Markup
+
+from hub.files import fsync_directory, write_atomic
 
 Lang = Literal["zh", "en"]
 LANGS: tuple[Lang, ...] = ("zh", "en")
@@ -295,9 +295,9 @@ def save(report: CommissioningReport, directory: Path, lang: Lang = "zh") -> tup
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     stem = report.filename_stem()
     html_path, pdf_path = directory / f"{stem}.html", directory / f"{stem}.pdf"
-    _write_atomic(pdf_path, pdf)
-    _write_atomic(html_path, html.encode())
-    _fsync_directory(directory)
+    write_atomic(pdf_path, pdf)
+    write_atomic(html_path, html.encode())
+    fsync_directory(directory)
     return html_path, pdf_path
 
 
@@ -439,31 +439,3 @@ def _iso(moment: datetime | None) -> str | None:
     if moment is None:
         return None
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-# -- files -------------------------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file created with mode 0600, then rename it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the renames durable: a power cut must not lose a report the installer saw saved."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -219,23 +219,18 @@ def test_a_config_write_that_fails_changes_nothing(
     client: TestClient, config_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import errno
-    import os
 
     before = config_path.read_bytes()
-    real_write = os.write
 
-    def disk_full(fd: int, data: bytes) -> int:
-        if len(data) > 16:
-            real_write(fd, bytes(data)[:16])
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(fd, data)
+    def disk_full(fd: int) -> None:  # the disk fills as the new file is flushed
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("hub.config_store.os.write", disk_full)
+    monkeypatch.setattr("hub.files.os.fsync", disk_full)
     csrf = _csrf(_login(client).text)  # type: ignore[attr-defined]
     response = client.post("/household", data={"csrf": csrf, "elder_name": "王秀英"})
     assert response.status_code == 422 and "nothing was changed" in response.text
     assert config_path.read_bytes() == before
-    assert not list(config_path.parent.glob("*.tmp"))
+    assert not list(config_path.parent.glob(".*.tmp"))
 
 
 async def test_a_busy_port_leaves_the_hub_running(config_path: Path, pin_hash: str) -> None:
