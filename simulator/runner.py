@@ -514,11 +514,19 @@ class ScenarioRunner:
         expected_alarms = sum(1 for s in self.stimuli if s.action in IMMEDIATE_ALARM_STIMULI and not s.walk_test)
         await asyncio.sleep(QUIET_S)
         deadline = time.monotonic() + self.scenario.settle
+        settled_since: float | None = None
         while time.monotonic() < deadline:
+            # Windows first, journal second: a fall window that just closed has raised its alarm,
+            # which may still be on its way to the journal; so "settled" must also hold QUIET_S.
+            windows_open = await self._fall_windows()
             records = _read_rows(self.hub_data / "journal.sqlite3", "SELECT type, acked_at FROM events")
             alarms = sum(1 for type_, _ in records if type_.startswith("alarm."))
-            if alarms >= expected_alarms and all(acked for _, acked in records) and not await self._fall_windows():
-                return
+            if alarms >= expected_alarms and all(acked for _, acked in records) and not windows_open:
+                settled_since = settled_since or time.monotonic()
+                if time.monotonic() - settled_since >= QUIET_S:
+                    return
+            else:
+                settled_since = None
             await asyncio.sleep(0.05)
         self.timeline.add(time.monotonic_ns(), "runner", f"settle time ({self.scenario.settle} s) ran out")
 
