@@ -2,7 +2,8 @@
 with its broker, centre and simulated radios): generated requests to every operation, logged in;
 no 5xx, every status documented, every body matching the OpenAPI schema.
 
-The server-sent events stream (/api/walk-test/events) is left out: it never ends by design.
+The server-sent events stream (/api/walk-test/events) is left out: it never ends by design; so are
+the three changes that restart the hub service (see below).
 One check is off, with its reason below: devices' cross-field rules are not in the schema.
 """
 
@@ -83,6 +84,16 @@ def test_the_installer_api_keeps_its_contract(live_hub: str, logged_in: dict[str
             "8",
             "--exclude-path",
             "/api/walk-test/events",
+            # Adding or removing a device, or saving the household, restarts the hub service with
+            # the new configuration (about a second): hundreds of them from a fuzzer make a restart
+            # storm in which "503, the hub is restarting" is the documented answer. These three
+            # are tested in tests/hub/test_api_app.py and in the browser test instead.
+            "--exclude-name",
+            "POST /api/devices",
+            "--exclude-name",
+            "DELETE /api/devices/{device_id}",
+            "--exclude-name",
+            "PUT /api/household",
             "--request-timeout",
             "30",
             "--suppress-health-check",
