@@ -144,7 +144,6 @@ async def _visit(page: Page, base: str, runner: ScenarioRunner, tmp_path: Path) 
     await card.locator("input[name=room]").fill("厨房")
     await card.locator("button[type=submit]").click()
     await expect(page.locator('[data-device="smoke-kitchen"]')).to_be_visible()
-    await page.wait_for_timeout(1500)  # the hub restarts with the smoke alarm
     await _reload_until(page, '[data-device="pendant"].status-ok')
     await _shot(page, "04-devices")
 
