@@ -19,14 +19,8 @@ lint: setup
 test: lint
 	$(BIN)/python -m pytest
 
-bench: setup
-	$(BIN)/python bench/alarm_latency.py --record
-	$(BIN)/python bench/ble_ingest.py --record
-	$(BIN)/python bench/zigbee_latency.py --record
-	$(BIN)/python bench/rules.py --record
-	$(BIN)/python bench/outbox_drain.py --record
-	$(BIN)/python bench/provision_import.py --record
-	$(BIN)/python bench/fall_eval.py --record
+bench: setup  # every bench/ script with --record, then the summary at the top of docs/BENCHMARKS.md
+	$(BIN)/python bench/run_all.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,9 +1,15 @@
 """Shared by the benchmark scripts: percentiles, a description of the machine, and writing a
-script's latest results into its own section of docs/BENCHMARKS.md."""
+script's latest results into its own section of docs/BENCHMARKS.md.
+
+When ANJU_BENCH_RESULTS names a directory (bench/run_all.py sets it), `record` also leaves the
+section there as `<section slug>.json`: {"section", "body", "summary"}, `summary` being the rows the
+script gives for the summary table (measure, figure, target, meets) or null, in which case
+bench/run_all.py takes every table row of the body whose last cell says "meets" or "MISSES".
+"""
 
 from __future__ import annotations
 
-import math
+import json
 import os
 import platform
 import re
@@ -11,14 +17,10 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
+from simulator.stats import percentile  # noqa: F401  (one definition, shared with anju fleet)
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(p / 100 * len(ordered)))
-    return ordered[rank - 1]
+RESULTS_ENV = "ANJU_BENCH_RESULTS"
 
 
 def machine() -> str:
@@ -47,8 +49,14 @@ def machine() -> str:
     )
 
 
-def record(section: str, body: str) -> None:
-    """Replace (or append) the section `## {section}` of docs/BENCHMARKS.md with `body`."""
+def summary_row(measure: str, figure: str, target: str = "", meets: bool | None = None) -> dict[str, object]:
+    """One row of the summary table at the top of docs/BENCHMARKS.md (meets: None when no target)."""
+    return {"measure": measure, "figure": figure, "target": target, "meets": meets}
+
+
+def record(section: str, body: str, summary: list[dict[str, object]] | None = None) -> None:
+    """Replace (or append) the section `## {section}` of docs/BENCHMARKS.md with `body`; with
+    ANJU_BENCH_RESULTS set, also leave it (and `summary`, rows made by summary_row) there as JSON."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     block = f"## {section}\n\n_Last run {stamp} on {machine()}._\n\n{body.strip()}\n"
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\n"
@@ -56,3 +64,9 @@ def record(section: str, body: str) -> None:
     text = pattern.sub(lambda _: block + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + block
     BENCHMARKS.parent.mkdir(parents=True, exist_ok=True)
     BENCHMARKS.write_text(text)
+    results = os.environ.get(RESULTS_ENV)
+    if results:
+        slug = re.sub(r"[^a-z0-9]+", "-", section.lower()).strip("-")
+        Path(results).mkdir(parents=True, exist_ok=True)
+        payload = {"section": section, "body": body.strip(), "summary": summary}
+        (Path(results) / f"{slug}.json").write_text(json.dumps(payload, ensure_ascii=False, indent=1))

@@ -10,9 +10,9 @@ included, and an explicit list also withdraws a hub whose certificate is still v
 been taken off the list (regenerate, then send mosquitto SIGHUP to reload the ACL).
 
 * A hub (user = its hub id) may publish only to
-  ``anju/v1/{county}/{hub}/event|events|status|heartbeat`` and read only
+  ``anju/v1/{county}/{hub}/event|events|status|heartbeat|cmd_result`` and read only
   ``anju/v1/{county}/{hub}/ack|acks|cmd``.
-* A centre may read ``anju/v1/+/+/event|events|status|heartbeat`` and publish to
+* A centre may read ``anju/v1/+/+/event|events|status|heartbeat|cmd_result`` and publish to
   ``anju/v1/+/+/ack|acks|cmd``.
 
 How mosquitto 2.0 (2.0.11 here) applies the ACL file: it does not check a SUBSCRIBE at all (its
@@ -33,7 +33,7 @@ from pathlib import Path
 
 from cloud_bridge.certs import ID_PATTERN
 
-HUB_WRITES = ("event", "events", "status", "heartbeat")
+HUB_WRITES = ("event", "events", "status", "heartbeat", "cmd_result")
 HUB_READS = ("ack", "acks", "cmd")
 
 

@@ -14,7 +14,8 @@ This module owns the bytes on the wire between the hub and a DC-09 receiver:
 - a small asyncio TCP transmitter (`Dc09Client`).
 
 It does not own retry, failover or the outbox: the caller decides what an ACK, NAK or DUH means for
-the alarm it is delivering (NAK: adopt `Dc09Client.clock_offset` and rebuild; DUH: report).
+the alarm it is delivering (NAK: rebuild stamped with `Dc09Client.timestamp()`, which then follows
+the receiver's clock; DUH: report).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import asyncio
 import re
 import secrets
 import string
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -448,8 +451,14 @@ class Dc09Client:
     """Sends DC-09 frames to one receiver over TCP (or UDP) and returns its verified answer.
 
     Over TCP, one connection per message unless `keep_alive`; over UDP, one datagram each way (the
-    caller resends when no answer comes in time). After a NAK, `clock_offset` holds the receiver's
-    clock minus ours: stamp the resend with `datetime.now(UTC) + client.clock_offset`.
+    caller resends when no answer comes in time).
+
+    `timestamp()` is what to stamp a frame with. After a NAK it is the receiver's clock (the time in
+    the NAK carried on by our monotonic clock, so a step of our wall clock, NTP synchronising a Pi
+    without a real-time clock, does not move it); else our wall clock while `clock_trusted()` says it
+    is synchronised; else none at all, as SIA DC-09 allows, rather than a wrong one. An encrypted frame
+    must carry one: it gets our unsynchronised clock, the receiver NAKs it with its own, and the
+    resend carries that. `clock_offset` is the receiver's clock minus ours (zero before any NAK).
     """
 
     def __init__(
@@ -464,6 +473,7 @@ class Dc09Client:
         key_format: KeyFormat = "hex",
         keep_alive: bool = False,
         transport: Literal["tcp", "udp"] = "tcp",
+        clock_trusted: Callable[[], bool] = lambda: True,
     ) -> None:
         self.host = host
         self.transport = transport
@@ -476,8 +486,30 @@ class Dc09Client:
         if key is not None:
             _key_bytes(key, key_format)  # fail at configuration time, not at the first alarm
         self.keep_alive = keep_alive
-        self.clock_offset = timedelta(0)
+        self.clock_trusted = clock_trusted
+        self._receiver_clock: tuple[datetime, float] | None = None  # (a NAK's time, our monotonic time then)
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    def receiver_now(self) -> datetime | None:
+        """The receiver's clock now, from its last NAK; None before any NAK."""
+        if self._receiver_clock is None:
+            return None
+        told, at = self._receiver_clock
+        return told + timedelta(seconds=time.monotonic() - at)
+
+    @property
+    def clock_offset(self) -> timedelta:
+        receiver = self.receiver_now()
+        return timedelta(0) if receiver is None else receiver - datetime.now(UTC)
+
+    def timestamp(self) -> datetime | None:
+        """The timestamp for the next frame (see the class docstring); None: send none."""
+        receiver = self.receiver_now()
+        if receiver is not None:
+            return receiver
+        if self.clock_trusted() or self.key is not None:
+            return datetime.now(UTC)
+        return None
 
     async def send(self, message: bytes, timeout: float = 10.0) -> Response:
         """Write one frame, read the answer up to CR and verify it.
@@ -526,20 +558,20 @@ class Dc09Client:
 
     def _verified(self, sent: Frame, response: Response) -> Response:
         if response.kind is ResponseKind.NAK and response.timestamp is not None:
-            self.clock_offset = response.timestamp - datetime.now(UTC)
+            self._receiver_clock = (response.timestamp, time.monotonic())
         elif response.sequence != sent.sequence and response.kind is not ResponseKind.DUH:
             # (a DUH may not name our sequence: the receiver could not read the message)
             raise FrameError(f"{response.kind} for sequence {response.sequence}, sent {sent.sequence}")
         return response
 
     async def send_null(self, sequence: int, timeout: float = 10.0) -> Response:
-        """A link test: a NULL message stamped with our clock corrected by `clock_offset`."""
+        """A link test: a NULL message stamped with `timestamp()`."""
         message = null_message(
             sequence=sequence,
             account=self.account,
             prefix=self.prefix,
             receiver=self.receiver,
-            timestamp=datetime.now(UTC) + self.clock_offset,
+            timestamp=self.timestamp(),
             key=self.key,
             key_format=self.key_format,
         )

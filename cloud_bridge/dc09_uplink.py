@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import datetime
 
 from cloud_bridge.dc09 import Dc09Client, FrameError, ResponseKind, encode_event
 from cloud_bridge.failover import PathHealth
@@ -26,7 +27,9 @@ class Dc09Path:
 
     name = "dc09"
 
-    def __init__(self, config: Dc09UplinkConfig, zones: dict[str, int]) -> None:
+    def __init__(
+        self, config: Dc09UplinkConfig, zones: dict[str, int], clock_trusted: Callable[[], bool] = lambda: True
+    ) -> None:
         self.config = config
         self.zones = zones
         self.client = Dc09Client(
@@ -38,6 +41,7 @@ class Dc09Path:
             key=config.key,
             key_format=config.key_format,
             transport=config.protocol,
+            clock_trusted=clock_trusted,
         )
         self.health = PathHealth()
         self._lock = asyncio.Lock()
@@ -49,7 +53,7 @@ class Dc09Path:
         the event has no code, or the receiver answered DUH)."""
         assert event.seq is not None
         try:
-            message = self._encode(event, datetime.now(UTC) + self.client.clock_offset)
+            message = self._encode(event, self.client.timestamp())
         except ValueError as exc:
             log.error("alarm %s cannot go over DC-09: %s", event.event_id, exc)
             return "refused"
@@ -60,7 +64,7 @@ class Dc09Path:
                 if response.kind is ResponseKind.NAK:
                     # The receiver's clock disagrees with ours: stamp with its clock and send again, once.
                     log.warning("DC-09 receiver NAKed %s; resending with its clock", event.event_id)
-                    message = self._encode(event, datetime.now(UTC) + self.client.clock_offset)
+                    message = self._encode(event, self.client.timestamp())
                     response = await self.client.send(message, self.config.timeout_s)
             except (OSError, TimeoutError, FrameError) as exc:
                 self.health.set(False, f"dc09 {self.config.host}:{self.config.port}: {exc or type(exc).__name__}")
@@ -97,7 +101,8 @@ class Dc09Path:
             await self.link_test()
             await asyncio.sleep(self.config.link_test_s)
 
-    def _encode(self, event: Event, stamp: datetime) -> bytes:
+    def _encode(self, event: Event, stamp: datetime | None) -> bytes:
+        """The frame for `event`, stamped with `stamp` (None: no timestamp; see Dc09Client.timestamp)."""
         assert event.seq is not None
         return encode_event(
             event,
@@ -109,5 +114,5 @@ class Dc09Path:
             zone=self.zones.get(event.device_id or "", 0),
             key=self.config.key,
             key_format=self.config.key_format,
-            timestamp=stamp,
+            timestamp=stamp if stamp is not None else False,
         )

@@ -123,6 +123,12 @@ class Failover:
             self._alarms[event.event_id] = alarm
             self._wake.set()
 
+    def retime(self, fix: Callable[[Event], Event]) -> None:
+        """Replace every tracked alarm by `fix(alarm)` (its time corrected once the hub's clock was
+        synchronised): what DC-09 and SMS send from now on."""
+        for alarm in self._alarms.values():
+            alarm.event = fix(alarm.event)
+
     def delivered(self, event_id: str, via: str) -> None:
         """Some path has the centre's ack for this event: failover for it ends. A send under way
         finishes (cutting an SMS short could leave the modem mid-message); nothing new starts."""

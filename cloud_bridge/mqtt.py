@@ -8,8 +8,9 @@ names it (timing in cloud_bridge.outbox): an alarm always alone on `event`, the 
 every other event in an `events` batch of whatever else is due with it (up to BATCH_MAX; the hub
 never waits to fill one), which is how a backlog of 100,000 drains at thousands a second. A
 heartbeat reports what is still pending. The connection is retried forever with capped
-exponential backoff and jitter; a malformed or unknown ack or command is logged and dropped,
-never raised.
+exponential backoff and jitter, cut short by a new alarm; a malformed or unknown ack or command is logged and dropped,
+never raised (a malformed command is also handed to `on_bad_command`, so the hub can answer it).
+Answers to commands (`send_result`) wait in memory until a connection takes them, in order.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -96,8 +98,29 @@ def raise_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
+async def _until_one_fails(*work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` together until one of them raises; then cancel the rest and raise that error.
+
+    Not a TaskGroup: on Python 3.11 a TaskGroup whose child fails while the parent waits in its
+    `__aexit__` leaves a cancel request on the parent (fixed in 3.12). The uplink's next session
+    then took that for a shutdown (`raise_if_cancelled`) and the hub never reconnected."""
+    tasks = [asyncio.create_task(w) for w in work]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
+
+
 AckHandler = Callable[[str, dict[str, Any]], Awaitable[None]]
 CommandHandler = Callable[[dict[str, Any]], Awaitable[None]]
+BadCommandHandler = Callable[[bytes, ContractError], Awaitable[None]]
+RESULTS_KEPT = 100  # command results waiting for a connection; past it the oldest is dropped
 HeartbeatExtra = Callable[[], dict[str, Any]]
 
 
@@ -113,6 +136,7 @@ class MqttUplink:
         version: str = "",
         *,
         heartbeat_extra: HeartbeatExtra | None = None,
+        on_bad_command: BadCommandHandler | None = None,
     ) -> None:
         """`on_ack(event_id, ack)` is called for every ack, alone or an item of `acks` (then with the
         message's `hub_id` and `centre_id` added); `heartbeat_extra()`, if given, returns fields
@@ -125,8 +149,14 @@ class MqttUplink:
         self._on_command = on_command
         self._version = version
         self._heartbeat_extra = heartbeat_extra
+        self._on_bad_command = on_bad_command
+        self._results: deque[dict[str, Any]] = deque(maxlen=RESULTS_KEPT)
+        self._result_ready = asyncio.Event()
+        self._beat_now = asyncio.Event()
         self._wake = asyncio.Event()
         outbox.on_change(self._wake.set)
+        self._alarm_raised = asyncio.Event()
+        outbox.on_alarm(self._alarm_raised.set)
         self.connected = asyncio.Event()
         self._down_since: float | None = time.monotonic()  # not connected yet counts from the start
         self._started = time.monotonic()
@@ -136,6 +166,15 @@ class MqttUplink:
     def down_for(self) -> float:
         """Seconds since the broker was last connected (or since the start); 0 while connected."""
         return 0.0 if self._down_since is None else time.monotonic() - self._down_since
+
+    def send_result(self, message: dict[str, Any]) -> None:
+        """Publish a `cmd_result` (QoS 1) as soon as the broker is connected; never blocks."""
+        self._results.append(message)
+        self._result_ready.set()
+
+    def heartbeat_now(self) -> None:
+        """Send the next heartbeat at once rather than at its time."""
+        self._beat_now.set()
 
     def _topic(self, kind: str) -> str:
         return topic(self.county, self.hub_id, kind)
@@ -148,6 +187,7 @@ class MqttUplink:
         """Stay connected forever; returns only when cancelled."""
         delay = self.config.reconnect_min_s
         while True:
+            self._alarm_raised.clear()  # an alarm from now on cuts the next backoff short
             try:
                 await self._session()
             except aiomqtt.MqttError as exc:
@@ -158,8 +198,15 @@ class MqttUplink:
                 delay = self.config.reconnect_min_s  # it was up: start the backoff afresh
                 self.connected.clear()
                 self._down_since = time.monotonic()
-            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+            await self._back_off(delay * (0.5 + random.random() / 2))
             delay = min(self.config.reconnect_max_s, delay * 2)
+
+    async def _back_off(self, seconds: float) -> None:
+        """Wait before the next attempt to connect; a new alarm cuts the wait short, so an alarm never
+        sits out a backoff that grew while the line was dead. (At most one attempt per alarm; the
+        backoff still spaces the attempts while nothing urgent waits.)"""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._alarm_raised.wait(), seconds)
 
     async def _session(self) -> None:
         will = aiomqtt.Will(
@@ -188,21 +235,25 @@ class MqttUplink:
                 client.timeout = OPERATION_TIMEOUT_S
                 client.pending_calls_threshold = MAX_IN_FLIGHT + 4  # aiomqtt warns past it
                 await client.subscribe([(self._topic(kind), 1) for kind in ("ack", "acks", "cmd")])
+                raise_if_cancelled()  # a restart just after connecting must not be lost (see there)
                 await client.publish(
                     self._topic("status"),
                     self._status("online", at=iso_now(), version=self._version),
                     qos=1,
                     retain=True,
                 )
+                raise_if_cancelled()
                 log.info("connected to broker %s:%d", self.config.host, self.config.port)
                 self.connected.set()
                 self._down_since = None
                 self.outbox.requeue_all()
                 try:
-                    async with asyncio.TaskGroup() as tasks:
-                        tasks.create_task(self._send_loop(client))
-                        tasks.create_task(self._heartbeat_loop(client))
-                        tasks.create_task(self._receive_loop(client))
+                    await _until_one_fails(
+                        self._send_loop(client),
+                        self._heartbeat_loop(client),
+                        self._receive_loop(client),
+                        self._result_loop(client),
+                    )
                 except asyncio.CancelledError:
                     # A clean shutdown discards the last will, so say `offline` ourselves.
                     with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
@@ -301,13 +352,29 @@ class MqttUplink:
                 "hub_id": self.hub_id,
                 "seq": self._heartbeats,
                 "at": iso_now(),
+                "interval_s": self.config.heartbeat_s,
                 "uptime_s": round(time.monotonic() - self._started, 3),
                 "pending": self.outbox.pending_counts(),
                 "oldest_pending_s": None if oldest is None else round(max(0.0, (now - oldest).total_seconds()), 3),
             }
             await client.publish(self._topic("heartbeat"), json.dumps(message).encode(), qos=0)
             raise_if_cancelled()
-            await asyncio.sleep(self.config.heartbeat_s)
+            self._beat_now.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat_now.wait(), self.config.heartbeat_s)
+
+    async def _result_loop(self, client: aiomqtt.Client) -> None:
+        """Publish command results in order; one leaves the queue only once the broker has it."""
+        to = self._topic("cmd_result")
+        while True:
+            while self._results:
+                first = self._results[0]
+                await client.publish(to, json.dumps(first, ensure_ascii=False).encode(), qos=1)
+                raise_if_cancelled()
+                if self._results and self._results[0] is first:
+                    self._results.popleft()
+            self._result_ready.clear()
+            await self._result_ready.wait()
 
     def _extra_heartbeat_fields(self) -> dict[str, Any]:
         if self._heartbeat_extra is None:
@@ -325,6 +392,8 @@ class MqttUplink:
                 body = decode(kind, message.payload)
             except ContractError as exc:
                 self._log_dropped(kind, f"malformed {kind} dropped: {exc}")
+                if kind == "cmd" and self._on_bad_command is not None:
+                    await self._handle(kind, "(malformed)", self._on_bad_command(_raw(message.payload), exc))
                 continue
             if kind in ("ack", "acks") and body["hub_id"] != self.hub_id:
                 self._log_dropped(kind, f"{kind} for another hub ({body['hub_id']}) dropped")
@@ -352,3 +421,9 @@ class MqttUplink:
             log.warning(text)
         else:
             log.debug(text)
+
+
+def _raw(payload: Any) -> bytes:
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload)
+    return b"" if payload is None else str(payload).encode()

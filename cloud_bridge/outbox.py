@@ -62,6 +62,7 @@ class Outbox:
         self._ready: list[tuple[int, int, int, str]] = []  # (priority, seq, generation, id)
         self._waiting: list[tuple[float, int, int, int, str]] = []  # (due, priority, seq, gen, id)
         self._listeners: list[Callable[[], None]] = []
+        self._alarm_listeners: list[Callable[[], None]] = []
         self._unacked_sends: set[str] = set()
         self._generations = itertools.count(1)  # outbox-wide, so a re-added id never matches an old item
 
@@ -75,6 +76,10 @@ class Outbox:
         """Call `listener` whenever something became due (a new event, a requeue)."""
         self._listeners.append(listener)
 
+    def on_alarm(self, listener: Callable[[], None]) -> None:
+        """Call `listener` whenever a new event of alarm priority is queued."""
+        self._alarm_listeners.append(listener)
+
     def add(self, event: Event) -> None:
         """Queue a journaled event for sending now. Adding an id that is queued already is a no-op."""
         if event.seq is None:
@@ -85,6 +90,9 @@ class Outbox:
         self._entries[event.event_id] = entry
         self._push_ready(entry)
         self._notify()
+        if event.priority <= Priority.ALARM:
+            for listener in self._alarm_listeners:
+                listener()
 
     def extend(self, events: Iterable[Event]) -> None:
         for event in events:
@@ -99,6 +107,15 @@ class Outbox:
             self._unacked_sends.discard(event_id)
             self._notify()  # a place in the ack window is free again
         return entry.event
+
+    def retime(self, fix: Callable[[Event], Event]) -> None:
+        """Replace every queued event by `fix(event)`: its time corrected once the hub's clock was
+        synchronised (hub.timesync). Ids, sequence numbers, order and resend schedule stay."""
+        for entry in self._entries.values():
+            fixed = fix(entry.event)
+            if (fixed.event_id, fixed.seq) != (entry.event.event_id, entry.event.seq):
+                raise ValueError(f"event {entry.event.event_id}: retiming must keep its id and seq")
+            entry.event = fixed
 
     def awaiting_ack(self) -> int:
         """How many events have been sent and wait for their ack (the ack window in use)."""

@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 from cloud_bridge.failover import PathHealth
 from edge.modem import Modem, ModemError, ModemStatus
 from hub.config import SmsUplinkConfig
-from hub.model import Event, EventType
+from hub.model import Event, EventType, TimeSource
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,8 @@ def sms_text(event: Event, timezone: str = "Asia/Shanghai") -> str:
     """One SMS (<= 70 UCS-2 characters) saying what happened, where, when, and which event it is."""
     occurred = event.occurred_at if event.occurred_at.tzinfo else event.occurred_at.replace(tzinfo=UTC)
     when = occurred.astimezone(ZoneInfo(timezone)).strftime("%H:%M")
+    if event.time_source is TimeSource.MONOTONIC:
+        when = "--:--"  # the hub's clock is not synchronised yet: no time rather than a wrong one
     head = f"{PREFIX}{summary(event.type)}！"
     tail = f" {when} 编号{event.event_id[-8:]}"
     hub_label, device_label = " 主机", " 设备"

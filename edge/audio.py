@@ -5,6 +5,11 @@ otherwise rendered with espeak-ng (`-v cmn`) into the hub's cache once and reuse
 The WAV bytes are held in memory, so `say()` only queues them; a playback thread pipes them to
 `aplay`. An urgent prompt (an alarm) interrupts whatever is playing. In simulation the `record`
 player writes each playback to a JSON-lines file instead of a speaker.
+
+A message the centre types (`render_message`, then `say_message`) is rendered with the same
+espeak-ng voice, in memory, never cached (it may be personal). It is the least urgent thing the
+hub says: every prompt queued after it still goes first, an urgent prompt interrupts it (it is
+said again after), and an urgent prompt never drops it.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import shutil
 import subprocess
 import threading
 import time
+import unicodedata
+from itertools import count
 from pathlib import Path
 from typing import Protocol
 
@@ -43,42 +50,97 @@ class Player(Protocol):
     def close(self) -> None: ...
 
 
+MESSAGE_PREFIX = "message:"  # the name of a centre's message: "message:<cmd_id>"
+MESSAGE_MAX_CHARS = 200
+_PROMPT, _MESSAGE, _CLOSE = 0, 1, 2  # the play queue's order: prompts, then messages, then the end
+
+
+def is_message(name: str) -> bool:
+    return name.startswith(MESSAGE_PREFIX)
+
+
+def clean_message(text: str) -> str:
+    """What the voice may say of a centre's text: line breaks, tabs and other spaces become one
+    space; control and format characters (and any other non-printing ones) are removed; at most
+    MESSAGE_MAX_CHARS characters."""
+    kept = []
+    for ch in text:
+        category = unicodedata.category(ch)
+        if ch in "\t\n\r\v\f" or category[0] == "Z":
+            kept.append(" ")
+        elif category[0] != "C":
+            kept.append(ch)
+    return " ".join("".join(kept).split())[:MESSAGE_MAX_CHARS].strip()
+
+
 class _QueuedPlayer:
-    """Plays one prompt at a time on its own thread; `play` never blocks the caller."""
+    """Plays one prompt at a time on its own thread; `play` never blocks the caller.
+
+    Prompts go before centre messages (`is_message`), each kind in order. An urgent prompt drops
+    the prompts still queued, interrupts what is playing, and goes first; messages are kept, and
+    one it cut off is said again after it."""
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
+        self._queue: queue.PriorityQueue[tuple[int, int, str, bytes]] = queue.PriorityQueue()
+        self._order = count()
+        self._lock = threading.Lock()
+        self._playing: tuple[str, bytes] | None = None
         self._thread = threading.Thread(target=self._loop, name="voice", daemon=True)
         self._thread.start()
 
-    def play(self, name: str, wav: bytes, urgent: bool) -> None:
-        if urgent:
-            self._drain()
-            self._interrupt()
-        self._queue.put((name, wav))
+    def _put(self, name: str, wav: bytes) -> None:
+        self._queue.put((_MESSAGE if is_message(name) else _PROMPT, next(self._order), name, wav))
 
-    def _drain(self) -> None:
+    def play(self, name: str, wav: bytes, urgent: bool) -> None:
+        if not urgent:
+            self._put(name, wav)
+            return
+        with self._lock:
+            messages = [(n, w) for n, w in self._drain() if is_message(n)]
+            playing = self._playing
+            if self._interrupt() and playing is not None and is_message(playing[0]):
+                messages.insert(0, playing)
+            self._put(name, wav)
+            for item in messages:
+                self._put(*item)
+
+    def _drain(self) -> list[tuple[str, bytes]]:
+        drained = []
         try:
             while True:
-                self._queue.get_nowait()
+                kind, order, name, wav = self._queue.get_nowait()
+                if kind == _CLOSE:
+                    self._queue.put((kind, order, name, wav))
+                    break
+                drained.append((name, wav))
         except queue.Empty:
             pass
+        return drained
 
     def _loop(self) -> None:
-        while (item := self._queue.get()) is not None:
+        while True:
+            kind, _, name, wav = self._queue.get()
+            if kind == _CLOSE:
+                return
+            with self._lock:
+                self._playing = (name, wav)
             try:
-                self._render(*item)
+                self._render(name, wav)
             except Exception:
-                log.exception("could not play prompt %s", item[0])
+                log.exception("could not play prompt %s", name)
+            finally:
+                with self._lock:
+                    self._playing = None
 
     def _render(self, name: str, wav: bytes) -> None:
         raise NotImplementedError
 
-    def _interrupt(self) -> None:
-        """Stop the prompt that is playing now, if the player can."""
+    def _interrupt(self) -> bool:
+        """Stop the prompt that is playing now, if the player can; whether it did."""
+        return False
 
     def close(self) -> None:
-        self._queue.put(None)
+        self._queue.put((_CLOSE, next(self._order), "", b""))
         self._thread.join(timeout=5)
 
 
@@ -97,10 +159,12 @@ class AplayPlayer(_QueuedPlayer):
             log.error("aplay failed for prompt %s: %s", name, err.decode(errors="replace").strip()[-300:])
         self._current = None
 
-    def _interrupt(self) -> None:
+    def _interrupt(self) -> bool:
         current = self._current
         if current is not None and current.poll() is None:
             current.terminate()
+            return True
+        return False
 
 
 class RecordingPlayer(_QueuedPlayer):
@@ -112,7 +176,7 @@ class RecordingPlayer(_QueuedPlayer):
         super().__init__()
 
     def play(self, name: str, wav: bytes, urgent: bool) -> None:
-        self._queue.put((name, wav))  # record everything, in order: nothing is being heard to interrupt
+        self._put(name, wav)  # record everything: nothing is being heard to interrupt
 
     def _render(self, name: str, wav: bytes) -> None:
         line = json.dumps({"prompt": name, "bytes": len(wav), "mono_ns": time.monotonic_ns()})
@@ -131,6 +195,17 @@ class SilentPlayer:
 def _is_wav(data: bytes) -> bool:
     """A RIFF/WAVE file with at least one sample after its 44-byte header."""
     return len(data) > 44 and data[:4] == b"RIFF" and data[8:12] == b"WAVE"
+
+
+def _with_sizes(wav: bytes) -> bytes:
+    """A WAV written to a pipe has placeholder sizes in its header: put the real ones in."""
+    data_at = wav.find(b"data", 12)
+    if data_at < 0:
+        return wav
+    header = bytearray(wav[: data_at + 8])
+    header[4:8] = (len(wav) - 8).to_bytes(4, "little")
+    header[data_at + 4 : data_at + 8] = (len(wav) - data_at - 8).to_bytes(4, "little")
+    return bytes(header) + wav[data_at + 8 :]
 
 
 class VoicePrompts:
@@ -178,6 +253,28 @@ class VoicePrompts:
             os.fsync(written.fileno())  # a power cut must not leave a truncated prompt behind the new name
         partial.replace(cached)
         return wav
+
+    def render_message(self, text: str) -> bytes:
+        """A centre's message as WAV bytes, rendered by espeak-ng in this voice (blocking: call it
+        off the event loop). The text goes on standard input, so none of it is read as an option."""
+        if shutil.which("espeak-ng") is None:
+            raise RuntimeError("espeak-ng is not installed (sudo apt-get install espeak-ng)")
+        done = subprocess.run(
+            ["espeak-ng", "-v", self._voice, "--stdout", "--stdin"],
+            input=text.encode(),
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        if not _is_wav(done.stdout):
+            raise RuntimeError(f"espeak-ng wrote no usable WAV (voice {self._voice!r})")
+        return _with_sizes(done.stdout)
+
+    def say_message(self, name: str, wav: bytes) -> None:
+        """Queue a centre's message (`name` must start with MESSAGE_PREFIX): after every prompt."""
+        if not is_message(name):
+            raise ValueError(f"a centre's message is named {MESSAGE_PREFIX}…, not {name!r}")
+        self._player.play(name, wav, False)
 
     def say(self, name: str, urgent: bool = False) -> bool:
         """Queue prompt `name`; returns False (and logs) when it was never prepared."""

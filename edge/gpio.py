@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from importlib.metadata import entry_points
 from typing import Any
 
-from gpiozero import LED, Button, DigitalOutputDevice
+from gpiozero import LED, DigitalInputDevice, DigitalOutputDevice
 from gpiozero.pins.mock import MockFactory
 
 from hub.model import Device, Transport
@@ -60,7 +60,7 @@ class _DebouncedInput:
     def __init__(
         self,
         device: Device,
-        button: Button,
+        button: DigitalInputDevice,
         bounce_ns: int,
         handler: InputHandler,
         clock: Clock = time.monotonic_ns,
@@ -127,7 +127,9 @@ class PinInputs:
         for device in devices:
             if device.transport is not Transport.GPIO or device.pin is None:
                 continue
-            button = Button(device.pin, pull_up=True, bounce_time=None, pin_factory=pin_factory)
+            # Not gpiozero's Button: each Button runs a thread that wakes 10 times a second to watch
+            # for a long press, which the hub never uses (bench/idle_cpu.py counted 20 wakeups/s).
+            button = DigitalInputDevice(device.pin, pull_up=True, bounce_time=None, pin_factory=pin_factory)
             self._inputs.append(_DebouncedInput(device, button, bounce_ms * 1_000_000, handler, clock, schedule))
             log.info("listening on GPIO%d for %s %s", device.pin, device.kind.value, device.id)
 

@@ -25,16 +25,23 @@ examples:
 """
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, hub_id: str | None = None) -> None:
+    """Log lines on stderr; under systemd, structured records to the journal instead (hub.journald)."""
+    from hub import journald
     from hub.api.security import RedactingFilter
 
-    logging.basicConfig(
-        level=getattr(logging, level),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
-    for handler in logging.getLogger().handlers:  # phone numbers never reach a log
-        handler.addFilter(RedactingFilter())
+    if journald.under_journald():
+        handler: logging.Handler = journald.JournaldHandler(fields={"HUB_ID": hub_id} if hub_id else None)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))  # the journal has time and level
+        logging.basicConfig(level=getattr(logging, level), handlers=[handler])
+    else:
+        logging.basicConfig(
+            level=getattr(logging, level),
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        )
+    for each in logging.getLogger().handlers:  # phone numbers never reach a log
+        each.addFilter(RedactingFilter())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,11 +88,34 @@ def _parser() -> argparse.ArgumentParser:
         help="run the reference monitoring centre (subscribe, store, acknowledge)",
         description="Subscribes to every hub's events through the shared subscriptions "
         "$share/centre/anju/v1/+/+/event (alarms, one per message) and .../events (batches of the rest), "
-        "keeps one record per event id and acknowledges each on ack or acks.",
+        "keeps one record per event id and acknowledges each on ack or acks. Run several with the same "
+        "--db (and different --centre-id) to share the load. A hub that left a last will and is not back "
+        "within --offline-grace-s, or that missed 3 heartbeats, raises the centre's own hub.offline alarm.",
     )
     centre.add_argument("--host", default="127.0.0.1", help="broker host (default: %(default)s)")
     centre.add_argument("--port", type=int, default=1883, help="broker port (default: %(default)s)")
-    centre.add_argument("--db", type=Path, default=Path("centre.sqlite3"), help="SQLite file (default: %(default)s)")
+    centre.add_argument(
+        "--db",
+        default="centre.sqlite3",
+        help="a SQLite file, or PostgreSQL as postgresql://user@host/dbname; workers may share either "
+        "(default: %(default)s)",
+    )
+    centre.add_argument(
+        "--heartbeat-s",
+        type=float,
+        default=60.0,
+        help="the county's heartbeat interval, for hubs whose heartbeats do not say theirs (default: %(default)s)",
+    )
+    centre.add_argument(
+        "--offline-grace-s",
+        type=float,
+        default=30.0,
+        help="a hub whose last will arrived has this long to come back before the centre raises "
+        "hub.offline (default: %(default)s)",
+    )
+    centre.add_argument(
+        "--latency-log", type=Path, help="append one JSON line per stored heartbeat and event (bench/fleet.py)"
+    )
     centre.add_argument("--centre-id", default="centre-1", help="this worker's name in acks (default: %(default)s)")
     centre.add_argument("--no-ack", action="store_true", help="record events but never acknowledge (fault tests)")
     centre.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -94,6 +124,12 @@ def _parser() -> argparse.ArgumentParser:
         "--cert", type=Path, help="mutual TLS: this centre's certificate (anju certs issue --kind centre)"
     )
     centre.add_argument("--key", type=Path, help="mutual TLS: this centre's key")
+
+    from cloud_bridge import command_cli
+    from simulator import fleet_cli
+
+    fleet_cli.add_parser(sub)
+    command_cli.add_parser(sub)
 
     decode = sub.add_parser("decode", help="decode wire bytes for a person (bthome, znp, dc09)")
     decode_sub = decode.add_subparsers(dest="decode_kind", metavar="FORMAT", required=True)
@@ -140,9 +176,12 @@ def _parser() -> argparse.ArgumentParser:
     pair.add_argument("--config", type=Path, required=True, help="the running hub's configuration (TOML)")
     pair.add_argument("--seconds", type=int, default=120, help="how long joining stays open (default: %(default)s)")
 
-    from hub import fall_eval, provision
+    from hub import backup, doctor, fall_eval, install_service, provision
 
     provision.add_parser(sub)
+    doctor.add_parser(sub)
+    backup.add_parser(sub)
+    install_service.add_parser(sub)
     fall_eval.add_arguments(
         sub.add_parser(
             "fall-eval",
@@ -184,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             config = load_config(args.config)
-            _setup_logging(config.log_level)
+            _setup_logging(config.log_level, config.hub_id)
             from hub.service import run_forever
 
             run_forever(args.config)
@@ -197,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
             from hub import provision
 
             return provision.main(args)
+        if args.command == "install-service":
+            from hub import install_service
+
+            return install_service.main(args)
         if args.command == "config":
             config = load_config(args.file)
             print(
@@ -210,6 +253,22 @@ def main(argv: list[str] | None = None) -> int:
             return _control(args)
         if args.command == "decode":
             return _decode(args)
+        if args.command in ("backup", "restore"):
+            from hub import backup
+
+            return backup.main(args)
+        if args.command == "doctor":
+            from hub import doctor
+
+            return doctor.main(args)
+        if args.command == "command":
+            from cloud_bridge import command_cli
+
+            return command_cli.main(args)
+        if args.command == "fleet":
+            from simulator import fleet_cli
+
+            return fleet_cli.main(args)
         if args.command == "centre":
             _setup_logging(args.log_level)
             return _centre(args)
@@ -370,7 +429,17 @@ def _centre(args: argparse.Namespace) -> int:
             print("anju centre: mutual TLS needs --ca, --cert and --key together", file=sys.stderr)
             return 2
         tls = tls_context(args.ca, args.cert, args.key)
-    centre = Centre(args.host, args.port, args.db, args.centre_id, acknowledge=not args.no_ack, tls=tls)
+    centre = Centre(
+        args.host,
+        args.port,
+        args.db,
+        args.centre_id,
+        acknowledge=not args.no_ack,
+        tls=tls,
+        heartbeat_s=args.heartbeat_s,
+        offline_grace_s=args.offline_grace_s,
+        latency_log=args.latency_log,
+    )
     try:
         asyncio.run(centre.run(on_ready=lambda: sd_notify("READY=1")))
     except KeyboardInterrupt:

@@ -157,6 +157,11 @@ class MqttConfig(_Strict):
     reconnect_min_s: float = Field(0.5, gt=0, le=60)
     reconnect_max_s: float = Field(30.0, gt=0, le=600)
     command_max_age_s: float = Field(300.0, gt=0, le=86400, description="older commands from the centre are refused")
+    command_ca: Path | None = Field(
+        None,
+        description="the county CA certificate that signs commands (default: tls.ca); "
+        "with neither, every command is refused",
+    )
 
 
 class OutboxConfig(_Strict):
@@ -358,6 +363,12 @@ class RulesConfig(_Strict):
 class ClockConfig(_Strict):
     mode: Literal["system", "simulated"] = Field("system", description="simulated: scenarios move it with `advance`")
     start: datetime | None = Field(None, description="with mode=simulated: the moment the clock starts at")
+    sync: str = Field(
+        "kernel",
+        pattern=r"^(kernel|assume|file:.+)$",
+        description='when the wall clock can be trusted (hub.timesync): "kernel" once the kernel says NTP has'
+        ' synchronised it, "assume" from the start, "file:PATH" once PATH exists (simulation)',
+    )
 
 
 class HubConfig(_Strict):

@@ -6,6 +6,9 @@ located errors `anju config check` gives, and nothing is written), then replaces
 atomically (write a temporary file, fsync, rename) with mode 0600: it holds personal data and the
 PIN's hash. The previous version is kept as `<name>.bak`. Comments in the file are not kept (TOML
 writers cannot keep them): provisioned hubs have generated files.
+
+`check_text` and `replace_text` do the same for a whole new file given as text (a configuration
+sent by the centre, hub.commands): checked exactly as `load` would read it, written byte for byte.
 """
 
 from __future__ import annotations
@@ -50,6 +53,29 @@ class ConfigStore:
         except OSError as exc:
             raise ConfigError(f"{self.path}: cannot write it ({exc.strerror or exc}); nothing was changed") from exc
         return self.load()
+
+    def check_text(self, text: str) -> HubConfig:
+        """The configuration `text` would be if it were this file (errors name this file's lines)."""
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{self.path}: not valid TOML: {exc}") from exc
+        try:
+            config = HubConfig.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError("\n".join(located_errors(exc, self.path, lambda loc: toml_line(text, loc)))) from exc
+        if not config.data_dir.is_absolute():
+            config = config.model_copy(update={"data_dir": (self.path.parent / config.data_dir).resolve()})
+        return config
+
+    def replace_text(self, text: str) -> HubConfig:
+        """Replace the whole file with `text` if it is a valid configuration (the old one kept as `.bak`)."""
+        config = self.check_text(text)
+        try:
+            self._write(text.encode())
+        except OSError as exc:
+            raise ConfigError(f"{self.path}: cannot write it ({exc.strerror or exc}); nothing was changed") from exc
+        return config
 
     def _write(self, data: bytes) -> None:
         """The old file kept as `.bak` first, then the new one replaced atomically and read back

@@ -42,7 +42,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hub.model import Event, EventType, Priority
+from hub.model import Event, EventType, Priority, TimeSource
+from hub.timesync import SyncPoint
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -62,7 +63,9 @@ CREATE TABLE IF NOT EXISTS events (
     details           TEXT NOT NULL,
     acked_at          TEXT,
     acked_mono_ns     INTEGER,
-    ack_via           TEXT
+    ack_via           TEXT,
+    boot_id           TEXT,
+    time_source       TEXT NOT NULL DEFAULT 'wall'
 );
 CREATE INDEX IF NOT EXISTS events_unacked ON events (priority, seq) WHERE acked_at IS NULL;
 CREATE TABLE IF NOT EXISTS windows (
@@ -83,8 +86,12 @@ T = TypeVar("T")
 
 _COLUMNS = (
     "seq, event_id, type, hub_id, household_id, county, device_id, device_counter, occurred_at,"
-    " observed_mono_ns, alerted_mono_ns, journaled_mono_ns, details, acked_at, acked_mono_ns, ack_via"
+    " observed_mono_ns, alerted_mono_ns, journaled_mono_ns, details, acked_at, acked_mono_ns, ack_via,"
+    " boot_id, time_source"
 )
+_PLACEHOLDERS = ",".join("?" * (_COLUMNS.count(",") + 1))  # one per column of _COLUMNS
+# Columns added after the first release, with their definitions: an older journal file gets them at open.
+_ADDED_COLUMNS = {"boot_id": "TEXT", "time_source": "TEXT NOT NULL DEFAULT 'wall'"}
 
 
 # The smallest budget accepted, in pages: the schema alone takes 7 (4 KiB each by default).
@@ -193,6 +200,7 @@ class Journal:
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(_SCHEMA)
+            _add_columns(db)
             if max_bytes is not None:
                 # SQLite never lowers the limit below the file's current size: a file already larger than
                 # the budget keeps its size (pages freed by pruning are reused) and info stays refused.
@@ -250,6 +258,8 @@ class Journal:
             alerted_mono_ns,
             time.monotonic_ns(),
             details,
+            event.boot_id,
+            event.time_source.value,
         )
         info = event.priority == Priority.INFO
         try:
@@ -259,8 +269,8 @@ class Journal:
                 f"write event {event.event_id}",
                 lambda: self._db.execute(
                     "INSERT INTO events (event_id, type, priority, hub_id, household_id, county, device_id,"
-                    " device_counter, occurred_at, observed_mono_ns, alerted_mono_ns, journaled_mono_ns, details)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " device_counter, occurred_at, observed_mono_ns, alerted_mono_ns, journaled_mono_ns, details,"
+                    " boot_id, time_source) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     row,
                 ),
             )
@@ -354,6 +364,11 @@ class Journal:
         rows = self._db.execute(f"SELECT {_COLUMNS} FROM events ORDER BY seq").fetchall()
         return [_record(row) for row in rows]
 
+    def recent(self, limit: int) -> list[JournalRecord]:
+        """The `limit` most recent events still in the journal, oldest first."""
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM events ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+        return [_record(row) for row in reversed(rows)]
+
     def save_window(self, window_id: str, deadline: datetime, data: dict[str, Any]) -> None:
         """A rule's open window (a fall's cancel window, a check-in): it survives a restart."""
         encoded = json.dumps(data, ensure_ascii=False)
@@ -382,6 +397,54 @@ class Journal:
             self._db.execute("COMMIT")
 
         self._write("raise the sequence floor", raise_floor)
+
+    def last_sequence(self) -> int:
+        """The highest sequence number handed out or reserved (the floor), 0 for a new journal;
+        events deleted since still count."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        return int(row[0]) if row else 0
+
+    def take_over(self, records: list[JournalRecord]) -> int:
+        """Keep events salvaged from a damaged journal exactly as they were: the same event ids and
+        sequence numbers (a resend carries both unchanged, so the centre drops what it has).
+        Ids or numbers already here are skipped. Returns how many were added."""
+
+        def insert_all() -> int:
+            added = 0
+            self._db.execute("BEGIN")
+            for record in records:
+                cursor = self._db.execute(
+                    f"INSERT OR IGNORE INTO events ({_COLUMNS}, priority) VALUES ({_PLACEHOLDERS}, ?)",
+                    (*_row(record), int(record.event.priority)),
+                )
+                added += cursor.rowcount
+            self._db.execute("COMMIT")
+            return added
+
+        return self._write(f"take over {len(records)} salvaged event(s)", insert_all)
+
+    def correct_times(self, sync: SyncPoint) -> list[Event]:
+        """The wall clock has become synchronised: give every event of this boot that carries only its
+        monotonic time its true occurred_at (`SyncPoint.correct`), acknowledged or not, in one
+        transaction. Ids and sequence numbers do not change; events of earlier boots keep their mark.
+        Returns the corrected events (for the outbox to resend them corrected)."""
+
+        def correct_all() -> list[Event]:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM events WHERE time_source = ? AND boot_id = ? ORDER BY seq",
+                (TimeSource.MONOTONIC.value, sync.boot_id),
+            ).fetchall()
+            corrected = [sync.correct(_record(row).event) for row in rows]
+            self._db.execute("BEGIN")
+            for event in corrected:
+                self._db.execute(
+                    "UPDATE events SET occurred_at = ?, time_source = ? WHERE event_id = ?",
+                    (event.occurred_at.astimezone(UTC).isoformat(), event.time_source.value, event.event_id),
+                )
+            self._db.execute("COMMIT")
+            return corrected
+
+        return self._write("correct the times of events raised before the clock was synchronised", correct_all)
 
     def mark_delivered(self, event_id: str, via: str, acknowledged: bool) -> bool:
         """Record that a failover path (dc09, sms) carried an event; True the first time for that path.
@@ -611,6 +674,40 @@ def _file_size_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY or soft < 0 else soft
 
 
+def _add_columns(db: sqlite3.Connection) -> None:
+    """Give a journal file from an earlier release the columns added since (its rows keep the defaults:
+    their wall times were taken as trusted then)."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(events)")}
+    for name, definition in _ADDED_COLUMNS.items():
+        if name not in present:
+            db.execute(f"ALTER TABLE events ADD COLUMN {name} {definition}")
+
+
+def _row(record: JournalRecord) -> tuple[Any, ...]:
+    """A record as the columns `_COLUMNS` name, in order: the inverse of `_record`."""
+    event = record.event
+    return (
+        event.seq,
+        event.event_id,
+        event.type.value,
+        event.hub_id,
+        event.household_id,
+        event.county,
+        event.device_id,
+        event.device_counter,
+        event.occurred_at.astimezone(UTC).isoformat(),
+        event.observed_mono_ns,
+        record.alerted_mono_ns,
+        record.journaled_mono_ns,
+        json.dumps(event.details, ensure_ascii=False, sort_keys=True),
+        record.acked_at,
+        record.acked_mono_ns,
+        record.ack_via,
+        event.boot_id,
+        event.time_source.value,
+    )
+
+
 def _record(row: tuple[Any, ...]) -> JournalRecord:
     (
         seq,
@@ -629,6 +726,8 @@ def _record(row: tuple[Any, ...]) -> JournalRecord:
         acked_at,
         acked_mono_ns,
         ack_via,
+        boot_id,
+        time_source,
     ) = row
     event = Event(
         type=EventType(type_),
@@ -642,6 +741,8 @@ def _record(row: tuple[Any, ...]) -> JournalRecord:
         observed_mono_ns=observed_mono_ns,
         device_counter=device_counter,
         details=json.loads(details),
+        boot_id=boot_id,
+        time_source=TimeSource(time_source),
     )
     return JournalRecord(event, alerted_mono_ns, journaled_mono_ns, acked_at, acked_mono_ns, ack_via)
 
@@ -746,6 +847,12 @@ class AsyncJournal:
 
     async def deliveries(self, event_ids: list[str]) -> dict[str, dict[str, bool]]:
         return await self._run(self._journal.deliveries, event_ids)
+
+    async def correct_times(self, sync: SyncPoint) -> list[Event]:
+        return await self._run(self._journal.correct_times, sync)
+
+    async def recent(self, limit: int) -> list[JournalRecord]:
+        return await self._run(self._journal.recent, limit)
 
     def close(self) -> None:
         self._executor.submit(self._journal.close).result()

@@ -29,6 +29,20 @@ class Priority(IntEnum):
         return self.name.lower()
 
 
+class TimeSource(StrEnum):
+    """Where an event's `occurred_at` comes from (hub.timesync owns the judgement).
+
+    WALL: the hub's wall clock, synchronised when the event happened. MONOTONIC: the wall clock was
+    not synchronised yet (a Pi without a real-time clock, after a power cut): `occurred_at` is the
+    hub's unsynchronised reading and must not be shown as the time; `observed_mono_ns` and `boot_id`
+    place the event. CORRECTED: such an event whose `occurred_at` was recomputed when the clock became
+    synchronised in the same boot."""
+
+    WALL = "wall"
+    MONOTONIC = "monotonic"
+    CORRECTED = "corrected"
+
+
 class EventType(StrEnum):
     ALARM_EMERGENCY = "alarm.emergency"
     ALARM_FIRE = "alarm.fire"
@@ -57,6 +71,8 @@ class EventType(StrEnum):
     INFO_REMINDER_ACK = "info.reminder_ack"
     INFO_REMINDER_MISSED = "info.reminder_missed"
     INFO_COMMISSIONED = "info.commissioned"
+    INFO_COMMAND_REFUSED = "info.command_refused"
+    INFO_CONFIG_ROLLED_BACK = "info.config_rolled_back"
     TEST_WALK = "test.walk"
     TEST_CALL = "test.call"
 
@@ -125,6 +141,10 @@ EVENT_SPECS: dict[EventType, EventSpec] = {
     EventType.INFO_REMINDER_ACK: EventSpec(_I, None, 1, None, "reminder acknowledged"),
     EventType.INFO_REMINDER_MISSED: EventSpec(_I, None, 1, None, "reminder not acknowledged"),
     EventType.INFO_COMMISSIONED: EventSpec(_I, "306", 1, "YG", "household commissioned by an installer"),
+    EventType.INFO_COMMAND_REFUSED: EventSpec(_I, None, 1, None, "a command from the centre was refused"),
+    EventType.INFO_CONFIG_ROLLED_BACK: EventSpec(
+        _I, None, 1, None, "a configuration from the centre failed its checks; the previous one runs again"
+    ),
     EventType.TEST_WALK: EventSpec(_I, "611", 1, "TP", "walk-test trigger"),
     EventType.TEST_CALL: EventSpec(_I, "601", 1, "RX", "test call to the centre"),
 }
@@ -185,7 +205,9 @@ class Event:
 
     `seq` is the hub's own sequence number, assigned once by the journal; `device_counter` is the
     device's own counter (BTHome packet id, ZCL sequence number) when it has one.
-    `observed_mono_ns` is `time.monotonic_ns()` when the hub first saw the stimulus.
+    `observed_mono_ns` is `time.monotonic_ns()` when the hub first saw the stimulus, `boot_id` the
+    kernel's id of the boot that clock counts from (None: not judged yet), `time_source` whether
+    `occurred_at` can be trusted (`TimeSource`; hub.timesync stamps it).
     """
 
     type: EventType
@@ -199,6 +221,8 @@ class Event:
     observed_mono_ns: int = field(default_factory=time.monotonic_ns)
     device_counter: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    boot_id: str | None = None
+    time_source: TimeSource = TimeSource.WALL
 
     @property
     def priority(self) -> Priority:
@@ -230,6 +254,10 @@ class Event:
             "attempt": attempt,
             "device_counter": self.device_counter,
             "details": self.details,
+            "time_source": self.time_source.value,
+            "mono_ms": self.observed_mono_ns // 1_000_000,
+            "boot_id": self.boot_id,
+            "sent_mono_ms": time.monotonic_ns() // 1_000_000,
         }
 
 

@@ -20,7 +20,7 @@ def sd_notify(state: str) -> bool:
         address = "\0" + address[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.sendto(state.encode(), address)
+            sock.sendto(state.encode(), socket.MSG_DONTWAIT, address)  # never block the event loop
     except OSError:
         return False
     return True

@@ -16,9 +16,7 @@ import contextlib
 import logging
 import os
 import signal
-import sqlite3
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,14 +29,17 @@ from edge.audio import PROMPTS, AplayPlayer, Player, RecordingPlayer, SilentPlay
 from edge.gpio import PinInputs, Siren, StatusLed, load_pin_factory
 from edge.zigbee import ZigbeeRadio
 from hub.clock import Clock, SimulatedClock, SystemClock
+from hub.commands import Commands
 from hub.config import AudioConfig, ConfigError, Dc09UplinkConfig, HubConfig, SmsUplinkConfig
 from hub.control import ControlServer, socket_path
 from hub.device_book import DeviceBook
 from hub.journal import AsyncJournal, JournalError, JournalFull
+from hub.journal_recovery import JournalDamaged, carry_over, find_damage, is_corruption, set_aside
 from hub.model import Device, Event, EventType, Priority, Transport
 from hub.notify import sd_notify
 from hub.rules import Rules
 from hub.supervision import Supervisor
+from hub.timesync import SyncPoint, TimeSync, source_from_config
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class HubService:
     def __init__(self, config: HubConfig) -> None:
         self.config = config
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._commands_done: deque[str] = deque(maxlen=256)
+        self.commands = Commands(self)  # the centre's commands: signature, replay, dispatch (hub.commands)
         self._acknowledged: dict[str, str] = {}  # recently acknowledged event id -> the path that did it
         self._info_dropped = 0
         self.event_listeners: list[Callable[[Event], None]] = []  # every event as it is raised (walk test)
@@ -91,6 +92,8 @@ class HubService:
             config.audio.prompts_dir,
         )
         self.clock = make_clock(config)
+        self.timesync = TimeSync(source_from_config(config.clock.sync))
+        self.timesync.check()  # events raised from here on know whether their wall time is trusted
         self.rules = Rules(
             origin,
             self.siren,
@@ -130,12 +133,13 @@ class HubService:
             if done_via is not None:  # acknowledged before the restart: not again, no escalation
                 self._acknowledged[event.event_id] = done_via
         self._journal_ready.set()
+        self.timesync.on_sync(self._on_clock_synced)  # at once if synchronised already
         self.rules.start(await self.journal.windows())
         self.rules.watch_pending([e for e in backlog if e.event_id not in self._acknowledged])
 
         # 3. Radios, supervision, the local control socket and the uplink: each restarted if it dies.
         self.supervisor = Supervisor(origin, household.devices)
-        forever = [self._forever("supervision", self._supervise)]
+        forever = [self._forever("supervision", self._supervise), self._forever("clock-sync", self.timesync.run)]
         if isinstance(self.clock, SimulatedClock):
             forever.append(self._forever("simulated-clock", lambda: keep_simulated_time(config, self.clock)))
         heard = lambda device, ns: self._events(self.supervisor.heard(device.id, ns))  # noqa: E731
@@ -195,6 +199,7 @@ class HubService:
             self._on_command,
             VERSION,
             heartbeat_extra=self.failover.heartbeat if self.failover.active else None,
+            on_bad_command=self.commands.on_bad_command,
         )
         forever.append(self._forever("mqtt-uplink", self.uplink.run))
         if self.failover.active:
@@ -230,7 +235,8 @@ class HubService:
         if dc09 is not None:  # cryptography and the modem driver load only for a hub that uses them
             from cloud_bridge.dc09_uplink import Dc09Path
 
-            dc09_path = Dc09Path(dc09, {device.id: index for index, device in enumerate(config.devices, start=1)})
+            zones = {device.id: index for index, device in enumerate(config.devices, start=1)}
+            dc09_path = Dc09Path(dc09, zones, clock_trusted=lambda: self.timesync.trusted)
         if sms is not None:
             from cloud_bridge.sms import SmsPath
 
@@ -264,11 +270,14 @@ class HubService:
         return asyncio.create_task(keep_running(), name=name)
 
     async def _open_journal(self, path: Path) -> AsyncJournal:
-        """The journal. A damaged file is moved aside and a new one started; a journal that has gone
-        (the marker says one was made here) is reported; with no writable disk at all, a journal in
-        memory (alarms still flow; a restart would lose what is pending). A journal started afresh
-        numbers its events from the current time in milliseconds, so its sequence numbers never
-        repeat those the centre has already had from the lost one."""
+        """The journal. It is checked first (`PRAGMA quick_check`); a damaged file is moved aside, a
+        new one started and what can be read from the old one carried over (hub.journal_recovery:
+        unacknowledged events keep their ids and sequence numbers, so they are still sent); a
+        journal that has gone (the marker says one was made here) is reported; with no writable
+        disk at all, a journal in memory (alarms still flow; a restart would lose what is pending).
+        A journal started afresh numbers its events from the current time in milliseconds (or above
+        the damaged one's last number, if higher), so its sequence numbers never repeat those the
+        centre has already had from the lost one."""
         marker = path.with_name(path.name + ".created")
         options = self.config.journal
         settings = {
@@ -278,11 +287,15 @@ class HubService:
         }
         problem: str | None = None
         action = ""
+        recovery: dict[str, Any] = {}  # what was carried over from a damaged journal, for the fault
         if await asyncio.to_thread(_journal_lost, path, marker):
             problem = f"the journal {path} has gone (deleted?); events not yet acknowledged then are lost"
             action = "a new one was started"
             log.critical("%s; %s", problem, action)
         try:
+            damage = await asyncio.to_thread(find_damage, path)
+            if damage is not None:
+                raise JournalDamaged(f"the journal {path} is damaged: {damage}")
             journal = await asyncio.to_thread(lambda: AsyncJournal(path, **settings))  # type: ignore[arg-type]
         except JournalFull as exc:  # a full disk, not a damaged file: keep it, run in memory
             log.critical("%s: keeping events in memory only until there is room", exc)
@@ -299,15 +312,13 @@ class HubService:
                 )
                 self._background(self._report_after_open(fault))
                 return journal
-            aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
             try:
-                for suffix in ("", "-wal", "-shm"):
-                    damaged = path.with_name(path.name + suffix)
-                    if damaged.exists():
-                        damaged.replace(aside.with_name(aside.name + suffix))
+                aside = await asyncio.to_thread(set_aside, path)
+                saved = await asyncio.to_thread(carry_over, aside, path)
                 journal = await asyncio.to_thread(lambda: AsyncJournal(path, **settings))  # type: ignore[arg-type]
-                log.critical("the damaged journal was moved to %s; a new one was started", aside)
-                action = f"moved aside to {aside.name}"
+                log.critical("the damaged journal was moved to %s; a new one was started: %s", aside, saved.summary())
+                action = f"moved aside to {aside.name}; {saved.summary()}"
+                recovery = saved.details()
             except (OSError, JournalError) as again:
                 log.critical("no journal can be written in %s (%s): keeping events in memory only", path.parent, again)
                 journal = await asyncio.to_thread(AsyncJournal, Path(":memory:"))
@@ -315,7 +326,7 @@ class HubService:
         if problem is not None:
             await journal.start_sequence_after(int(time.time() * 1000))
             fault = self.config.origin().event(
-                EventType.FAULT_DEVICE, None, component="journal", problem=problem, action=action
+                EventType.FAULT_DEVICE, None, component="journal", problem=problem, action=action, **recovery
             )
             self._background(self._report_after_open(fault))
         await asyncio.to_thread(_mark_journal_created, path, marker)
@@ -357,7 +368,7 @@ class HubService:
         return {
             "hub_id": self.config.hub_id,
             "uplink_connected": self.uplink.connected.is_set(),
-            "uplinks": self.failover.heartbeat()["uplinks"],
+            **self.failover.heartbeat(),  # `uplinks`, and `modem` (SIM, signal) with an SMS uplink
             "pending": self.outbox.pending_counts(),
             "ble": None
             if ble is None
@@ -368,9 +379,17 @@ class HubService:
                 "scan_restarts": ble.restarts,
                 "adapter_resets": ble.resets,
             },
-            "zigbee": None if zigbee is None else {"radio_ok": zigbee.radio_ok, "connected": zigbee.app is not None},
+            "zigbee": None
+            if zigbee is None
+            else {
+                "radio_ok": zigbee.radio_ok,
+                "connected": zigbee.app is not None,
+                "firmware": None if zigbee.app is None else zigbee.app.state.node_info.version,
+            },
             "offline_devices": sorted(self.supervisor.offline()),
+            "last_seen": {d.id: r.last_seen for d in self.config.devices if (r := self.book.get(d.id)) is not None},
             "clock": self.clock.now().isoformat(),
+            "clock_synchronised": self.timesync.trusted,
             "open_windows": self.rules.open_windows(),
             "test_mode": self.rules.test_mode,
         }
@@ -402,7 +421,7 @@ class HubService:
         """A `test.call` over every configured uplink; per path, whether it got through."""
         from hub.installer import PathResult
 
-        event = self.config.origin().event(EventType.TEST_CALL, None, reason="installer test call")
+        event = self.timesync.stamp(self.config.origin().event(EventType.TEST_CALL, None, reason="installer test call"))
         journaled = await self.journal.append(event)
         acked = asyncio.get_running_loop().create_future()
         self._ack_waiters[journaled.event_id] = acked
@@ -421,6 +440,7 @@ class HubService:
         return results
 
     def _emit(self, event: Event, alerted_mono_ns: int | None) -> None:
+        event = self.timesync.stamp(event)
         for listener in self.event_listeners:
             try:
                 listener(event)
@@ -444,6 +464,7 @@ class HubService:
         delay = 0.1
         sent_provisionally = False
         while True:
+            event = self.timesync.stamp(event)  # corrected, if the clock was synchronised meanwhile
             attempt = asyncio.ensure_future(self.journal.append(event, alerted_mono_ns))
             if event.type.is_alarm and not sent_provisionally:
                 wait_s = max(0.0, PROVISIONAL_AFTER_S - (time.monotonic() - started))
@@ -468,6 +489,7 @@ class HubService:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
         if not sent_provisionally:
+            journaled = self.timesync.stamp(journaled)  # synchronised while on its way to the disk
             self.outbox.add(journaled)
             self.failover.track(journaled)
         elif event.event_id not in self.outbox:  # acknowledged while it was not on disk: say so there too
@@ -480,10 +502,34 @@ class HubService:
             )
             self.rules.on_event(restore)
 
+    def _on_clock_synced(self, sync: SyncPoint) -> None:
+        """The wall clock is synchronised: every event of this boot raised before gets its true time,
+        in what is queued and tracked at once, and in the journal (hub.timesync owns the formula)."""
+        self.outbox.retime(sync.correct)
+        self.failover.retime(sync.correct)
+
+        async def correct_journal() -> None:
+            try:
+                corrected = await self.journal.correct_times(sync)
+            except (JournalError, RuntimeError) as exc:  # RuntimeError: the journal closed (shutting down)
+                log.error("%s; after a restart these events are corrected again, or keep their mark", exc)
+                return
+            if corrected:
+                log.warning(
+                    "%d event(s) raised before the clock was synchronised now carry their true time",
+                    len(corrected),
+                )
+
+        self._background(correct_journal())
+
     def _send_provisionally(self, event: Event) -> None:
         provisional = event.with_seq(PROVISIONAL_SEQ_BASE + int(time.time() * 1000))
         log.critical(
-            "sending %s %s before it is on disk (provisional seq %d)", event.type.value, event.event_id, provisional.seq
+            "sending %s %s before it is on disk (provisional seq %d)",
+            event.type.value,
+            event.event_id,
+            provisional.seq,
+            extra={"EVENT_ID": event.event_id},
         )
         self.outbox.add(provisional)
         self.failover.track(provisional)
@@ -517,7 +563,7 @@ class HubService:
         if event is None:
             log.debug("ack for %s ignored: not pending (already acknowledged or unknown)", event_id)
             return
-        log.info("centre acknowledged %s #%s", event.type.value, event.seq)
+        log.info("centre acknowledged %s #%s", event.type.value, event.seq, extra={"EVENT_ID": event_id})
         waiter = self._ack_waiters.get(event_id)
         if waiter is not None and not waiter.done():
             waiter.set_result("mqtt")
@@ -562,24 +608,8 @@ class HubService:
         task.add_done_callback(self._tasks.discard)
 
     async def _on_command(self, cmd: dict[str, Any]) -> None:
-        cmd_id = cmd["cmd_id"]
-        if cmd_id in self._commands_done:
-            log.info("command %s (%s) already carried out; ignored", cmd["command"], cmd_id)
-            return
-        issued = datetime.fromisoformat(cmd["issued_at"].replace("Z", "+00:00"))
-        age = (datetime.now(UTC) - issued).total_seconds()
-        if age > self.config.mqtt.command_max_age_s:
-            log.warning(
-                "command %s (%s) issued %.0f s ago is stale (limit %g s); ignored",
-                cmd["command"],
-                cmd_id,
-                age,
-                self.config.mqtt.command_max_age_s,
-            )
-            return
-        self._commands_done.append(cmd_id)
-        result = self.rules.on_command(cmd["command"], cmd.get("args", {}))
-        log.info("command %s (%s) from the centre: %s", cmd["command"], cmd_id, result)
+        """A command from the centre: checked (signature, hub, age, replay) and carried out by hub.commands."""
+        await self.commands.on_command(cmd)
 
 
 def _log_radio(name: str) -> Callable[[bool, str], None]:
@@ -592,13 +622,9 @@ def _log_radio(name: str) -> Callable[[bool, str], None]:
 
 
 def _is_corrupt(exc: JournalError) -> bool:
-    """Whether SQLite says the file itself is damaged (not a database, malformed), as opposed to
-    locked, forbidden or failing for now."""
-    cause = exc.__cause__
-    code = getattr(cause, "sqlite_errorcode", None)
-    return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or (
-        isinstance(cause, sqlite3.DatabaseError) and ("malformed" in str(cause) or "not a database" in str(cause))
-    )
+    """Whether the file itself is damaged (its quick check failed, or SQLite says: not a database,
+    malformed), as opposed to locked, forbidden or failing for now."""
+    return isinstance(exc, JournalDamaged) or is_corruption(exc.__cause__)
 
 
 def _journal_lost(path: Path, marker: Path) -> bool:
@@ -666,19 +692,26 @@ def run_forever(config_path: Path) -> None:
 
     When the installer changes the configuration (a device paired), the service stops and starts
     again with the new file; the web app and its sessions stay up. A file that has become invalid
-    meanwhile is logged and the hub goes on with the configuration it has.
+    meanwhile is logged and the hub goes on with the configuration it has. A configuration the
+    centre sent is on trial, and rolled back if the hub does not come up with it (hub.config_trial).
     """
+    from hub import watchdog
     from hub.config_store import ConfigStore
+    from hub.config_trial import ConfigTrial
     from hub.installer import Installer
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, watchdog.stopping, stop)
+        watchdog.enable_tracebacks_on_abort()
+        current: list[HubService] = []  # systemd's watchdog pings from this loop (hub.watchdog)
+        pinger = asyncio.create_task(watchdog.heartbeat(lambda: watchdog.status_line(current[-1] if current else None)))
         store = ConfigStore(config_path)
         installer = Installer(store)
-        config = store.load()
+        trial = ConfigTrial(store, stop)
+        config = trial.config_to_start()
         web: asyncio.Task[None] | None = None
         if config.api.enabled:
             from hub.api.server import serve
@@ -687,12 +720,19 @@ def run_forever(config_path: Path) -> None:
         try:
             while not stop.is_set():
                 service = HubService(config)
+                current[:] = [service]
                 installer.attach(service)
+                trial.attach(service, installer.reload_requested)
                 installer.reload_requested.clear()
                 ended = asyncio.Event()
                 watcher = asyncio.create_task(_first_of(stop, installer.reload_requested, then=ended))
-                await service.run(ended)
-                watcher.cancel()
+                try:
+                    await service.run(ended)
+                except Exception as exc:
+                    if not trial.failed_at_start(exc):
+                        raise
+                finally:
+                    watcher.cancel()
                 if stop.is_set():
                     break
                 try:
@@ -704,6 +744,7 @@ def run_forever(config_path: Path) -> None:
             if web is not None:
                 web.cancel()
                 await asyncio.gather(web, return_exceptions=True)
+            pinger.cancel()
 
     asyncio.run(main())
 

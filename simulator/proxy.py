@@ -1,10 +1,13 @@
 """A TCP proxy that injects network faults between the hub and what it talks to.
 
 The scenario runner puts one between the hub and its MQTT broker, and one between the hub and the
-SIA DC-09 receiver, then switches its mode: "up" forwards, "down" is a link that is gone (open
-connections reset, new ones refused), "blackhole" silently swallows every byte, and "flaky" delays
-each chunk and now and then cuts a connection. This module owns the listening socket, every
-proxied connection and the fault decisions; it knows nothing of MQTT or SIA.
+SIA DC-09 receiver, then switches its mode: "up" forwards; "down" is a link that is gone (open
+connections reset, new ones refused); "reset" is the same seen from a listener that stays open
+(each new connection is accepted and reset at once, so no other socket can take the port while
+the link is gone: `anju fleet` cuts thousands of connections at once and needs that);
+"blackhole" silently swallows every byte; and "flaky" delays each chunk and now and then cuts a
+connection. This module owns the listening socket, every proxied connection and the fault
+decisions; it knows nothing of MQTT or SIA.
 
 Written by hand on asyncio streams: no library proxies TCP with switchable faults like this.
 """
@@ -23,7 +26,7 @@ from typing import Literal, get_args
 
 log = logging.getLogger(__name__)
 
-ProxyMode = Literal["up", "down", "blackhole", "flaky"]
+ProxyMode = Literal["up", "down", "reset", "blackhole", "flaky"]
 
 _CHUNK = 64 * 1024
 
@@ -35,6 +38,7 @@ class ProxyStats:
     bytes_down: int = 0  # forwarded target -> client
     cuts: int = 0  # connections the proxy cut: a flaky cut, "down", or leaving the black hole
     dropped_bytes: int = 0  # bytes swallowed by the black hole
+    reset_at_once: int = 0  # connections accepted and reset at once ("reset")
 
 
 @dataclass(eq=False)
@@ -135,9 +139,9 @@ class TcpProxy:
         log.debug("proxy :%s %s -> %s", self._port, previous, mode)
         if mode == "down":
             await self._go_dark(count_as_cuts=True)
-        elif previous == "blackhole":
-            # Every connection open now lived through the black hole: its streams may have lost
-            # bytes, so it cannot be resumed.
+        elif mode == "reset" or previous == "blackhole":
+            # "reset": every open connection is cut. Leaving the black hole: every connection open
+            # now lived through it, its streams may have lost bytes, so it cannot be resumed.
             await self._abort_all(count_as_cuts=True)
         if previous == "down" and self._started:
             await self._listen()
@@ -169,7 +173,8 @@ class TcpProxy:
 
     async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         link = _Link(client_writer, asyncio.current_task())
-        if self._mode == "down" or not self._started:  # accepted just before the listener closed
+        if self._mode in ("down", "reset") or not self._started:  # "down": accepted as the listener closed
+            self.stats.reset_at_once += self._mode == "reset"
             link.abort()
             return
         self._links.add(link)

@@ -1,4 +1,5 @@
-"""Fixtures shared by the whole suite: a private mosquitto per test and one prompt cache per run."""
+"""Fixtures shared by the whole suite: a private mosquitto per test, one prompt cache per run, and a
+throw-away PostgreSQL database on the local server (started if it is not running)."""
 
 from __future__ import annotations
 
@@ -21,3 +22,12 @@ def broker(tmp_path: Path) -> Iterator[PrivateBroker]:
 def prompt_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Voice prompts rendered by espeak-ng once per test run, shared by every hub started."""
     return tmp_path_factory.mktemp("prompts")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the local PostgreSQL server, dropped after the test."""
+    from simulator.postgres import throwaway_database
+
+    with throwaway_database() as url:
+        yield url

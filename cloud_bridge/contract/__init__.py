@@ -1,9 +1,10 @@
 """The contract between a hub and the county monitoring centre, and the one place that checks it.
 
 This package owns `asyncapi.yaml` (topics, QoS, retained and last-will messages, delivery
-promises) and the JSON Schemas in `schemas/` of the seven messages exchanged over MQTT: `event`,
+promises) and the JSON Schemas in `schemas/` of the eight messages exchanged over MQTT: `event`,
 `ack`, `events` and `acks` (the same, up to 100 at a time, for draining a backlog; alarms are
-never batched), `status`, `heartbeat` and `cmd`. Those files are the source of truth; this module
+never batched), `status`, `heartbeat`, `cmd` (signed by the county CA: cloud_bridge.commands) and
+`cmd_result` (the hub's answer to each command). Those files are the source of truth; this module
 only loads the schemas (once, from the installed package) and offers what both ends need:
 
 - `validate(kind, message)` raises `ContractError` when a message breaks its schema;
@@ -38,7 +39,7 @@ __all__ = [
     "validate",
 ]
 
-MESSAGE_KINDS: Final = ("event", "ack", "events", "acks", "status", "heartbeat", "cmd")
+MESSAGE_KINDS: Final = ("event", "ack", "events", "acks", "status", "heartbeat", "cmd", "cmd_result")
 """Every message kind of the contract: the last level of its topic and the name of its schema file."""
 
 BATCH_MAX: Final = 100

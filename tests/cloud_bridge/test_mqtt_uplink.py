@@ -26,6 +26,7 @@ from hub.config import MqttConfig
 from hub.model import Event, EventType
 from simulator.broker import PrivateBroker
 from simulator.centre import Centre
+from simulator.proxy import TcpProxy
 from simulator.tap import ContractTap
 
 HUB, COUNTY = "hub-7", "minle"
@@ -223,7 +224,14 @@ async def test_malformed_and_foreign_messages_are_dropped_and_the_uplink_keeps_w
         rig.broker,
         "cmd",
         json.dumps(
-            {"schema": "anju.cmd/1", "cmd_id": "c2", "command": "silence", "issued_at": "2026-11-29T10:00:00Z"}
+            {
+                "schema": "anju.cmd/1",
+                "cmd_id": "c2",
+                "hub_id": HUB,
+                "command": "silence",
+                "issued_at": "2026-11-29T10:00:00Z",
+                "signature": "c2lnbmVk",  # the uplink checks the schema; hub.commands checks the signature
+            }
         ).encode(),
     )
     await asyncio.wait_for(rig.command_seen.wait(), 10)
@@ -236,6 +244,83 @@ async def test_malformed_and_foreign_messages_are_dropped_and_the_uplink_keeps_w
     assert rig.acked == [pending.event_id]
     assert len(rig.tap.violations) == 4, "the tap saw exactly the four bad messages this test sent"
     rig.tap.violations.clear()
+
+
+async def test_a_line_that_resets_every_connection_for_a_while_does_not_end_the_uplink(
+    broker: PrivateBroker, tmp_path: Path
+) -> None:
+    """Connections accepted and reset at once (a load balancer before a dead broker, a district's
+    line coming back): the uplink fails session after session, and must still connect once the
+    line is back. On Python 3.11 a TaskGroup's leftover cancel request used to end it for good."""
+    centre = Centre(broker.host, broker.port, tmp_path / "centre.sqlite3")
+    outbox = Outbox(RetryPolicy(first_s=1.0, cap_s=2.0))
+    acked: list[str] = []
+
+    async def on_ack(event_id: str, ack: dict[str, Any]) -> None:
+        if outbox.ack(event_id) is not None:
+            acked.append(event_id)
+
+    async def on_command(command: dict[str, Any]) -> None:
+        pass
+
+    async with TcpProxy(broker.host, broker.port) as line:
+        config = MqttConfig(
+            host="127.0.0.1", port=line.port, heartbeat_s=5, reconnect_min_s=0.05, reconnect_max_s=0.2,
+            connect_timeout_s=0.5,
+        )  # fmt: skip
+        uplink = MqttUplink(config, HUB, COUNTY, outbox, on_ack, on_command)
+        tasks = [asyncio.create_task(centre.run()), asyncio.create_task(uplink.run())]
+        try:
+            await asyncio.wait_for(uplink.connected.wait(), 10)
+            await line.set_mode("reset")
+            async with asyncio.timeout(10):  # session after session fails, each accepted, then cut
+                while line.stats.reset_at_once < 5:
+                    await asyncio.sleep(0.02)
+            assert not tasks[1].done(), "the uplink must never end on its own"
+            outbox.add(event(EventType.ALARM_EMERGENCY, 1))
+            await line.set_mode("up")
+            await asyncio.wait_for(uplink.connected.wait(), 10)
+            async with asyncio.timeout(10):
+                while not acked:
+                    await asyncio.sleep(0.02)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_new_alarm_cuts_a_long_reconnect_backoff_short(broker: PrivateBroker, tmp_path: Path) -> None:
+    """The line was dead long enough for the backoff to grow; an alarm raised when it returns is
+    sent at once, not after the 10-20 s the backoff would have waited."""
+    centre = Centre(broker.host, broker.port, tmp_path / "centre.sqlite3")
+    outbox = Outbox(RetryPolicy(first_s=1.0, cap_s=2.0))
+    acked: list[str] = []
+
+    async def on_ack(event_id: str, ack: dict[str, Any]) -> None:
+        if outbox.ack(event_id) is not None:
+            acked.append(event_id)
+
+    async def on_command(command: dict[str, Any]) -> None:
+        pass
+
+    async with TcpProxy(broker.host, broker.port) as line:
+        await line.set_mode("down")
+        config = MqttConfig(host="127.0.0.1", port=line.port, reconnect_min_s=20, reconnect_max_s=60)
+        uplink = MqttUplink(config, HUB, COUNTY, outbox, on_ack, on_command)
+        tasks = [asyncio.create_task(centre.run()), asyncio.create_task(uplink.run())]
+        try:
+            async with asyncio.timeout(10):  # the first attempt is refused: now it backs off for 10-20 s
+                while uplink.down_for() < 0.5:
+                    await asyncio.sleep(0.02)
+            await line.set_mode("up")
+            outbox.add(event(EventType.ALARM_EMERGENCY, 1))
+            async with asyncio.timeout(5):
+                while not acked:
+                    await asyncio.sleep(0.02)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def test_broker_restart_loses_nothing(rig: Rig, tmp_path: Path) -> None:
@@ -293,7 +378,14 @@ async def test_a_command_sent_while_the_hub_is_away_reaches_it_on_reconnect(rig:
     first.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await first
-    command = {"schema": "anju.cmd/1", "cmd_id": "c-away", "command": "silence", "issued_at": "2026-11-29T10:00:00Z"}
+    command = {
+        "schema": "anju.cmd/1",
+        "cmd_id": "c-away",
+        "hub_id": HUB,
+        "command": "silence",
+        "issued_at": "2026-11-29T10:00:00Z",
+        "signature": "c2lnbmVk",
+    }
     await publish_raw(rig.broker, "cmd", json.dumps(command).encode())
     rig.start(rig.uplink.run())
     await asyncio.wait_for(rig.command_seen.wait(), 10)

@@ -196,6 +196,7 @@ def test_acl_names_each_hub_and_the_centre() -> None:
         f"topic write {topic(HUB1, 'events')}",
         f"topic write {topic(HUB1, 'status')}",
         f"topic write {topic(HUB1, 'heartbeat')}",
+        f"topic write {topic(HUB1, 'cmd_result')}",
         f"topic read {topic(HUB1, 'ack')}",
         f"topic read {topic(HUB1, 'acks')}",
         f"topic read {topic(HUB1, 'cmd')}",
@@ -203,6 +204,7 @@ def test_acl_names_each_hub_and_the_centre() -> None:
     for line in (
         "read anju/v1/+/+/event",
         "read anju/v1/+/+/events",
+        "read anju/v1/+/+/cmd_result",
         "write anju/v1/+/+/ack",
         "write anju/v1/+/+/acks",
     ):
@@ -233,6 +235,21 @@ async def test_hub_event_reaches_centre_through_shared_subscription(county: Coun
         message = await next_message(centre)
         assert (str(message.topic), message.payload) == (topic(HUB1, kind), b'{"n": 1}')
         assert codes == [0]
+
+
+async def test_a_hubs_command_result_reaches_the_centre_and_no_other_hub_can_forge_it(county: County) -> None:
+    async with (
+        client(county, county.pki.centre, "centre-results") as centre,
+        client(county, county.pki.hub1, HUB1) as hub1,
+        client(county, county.pki.hub2, HUB2) as hub2,
+    ):
+        await centre.subscribe("anju/v1/+/+/cmd_result", qos=1)
+        forged, codes = record_pubacks(hub2), record_pubacks(hub1)
+        await hub2.publish(topic(HUB1, "cmd_result"), b"forged", qos=1)
+        await hub1.publish(topic(HUB1, "cmd_result"), b"answer", qos=1)
+        message = await next_message(centre)
+        assert (str(message.topic), message.payload) == (topic(HUB1, "cmd_result"), b"answer")
+        assert forged == [0x87] and codes == [0]
 
 
 async def test_hub_cannot_publish_on_another_hubs_topic(county: County) -> None:

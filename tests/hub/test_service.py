@@ -1,20 +1,17 @@
 """The hub service in one process against a real private mosquitto and the reference centre:
-what happens to an alarm when the journal is damaged or the disk refuses writes, and to commands
-that are stale or repeated. Pins are gpiozero's MockFactory."""
+what happens to an alarm when the journal is damaged or the disk refuses writes. (Commands from
+the centre, stale, repeated or otherwise: tests/hub/test_commands.py.) Pins are gpiozero's
+MockFactory."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 
-from cloud_bridge.contract import topic
 from hub.config import HubConfig
 from hub.journal import Journal, JournalError
 from hub.service import PROVISIONAL_SEQ_BASE, HubService
@@ -101,36 +98,3 @@ async def test_an_alarm_leaves_even_when_the_journal_refuses_to_write(monkeypatc
     (record,) = await running.centre_records(1)
     assert record["type"] == "alarm.emergency" and record["seq"] >= PROVISIONAL_SEQ_BASE
     assert running.service.siren.pattern == "emergency", "the siren never waited for the disk"
-
-
-async def test_stale_and_repeated_commands_are_refused(broker: PrivateBroker, start) -> None:
-    running = await start()
-    await running.pull()
-    await running.centre_records(1)
-    assert running.service.siren.pattern == "emergency"
-
-    async def command(cmd_id: str, issued: datetime, name: str = "silence") -> None:
-        body = {
-            "schema": "anju.cmd/1",
-            "cmd_id": cmd_id,
-            "command": name,
-            "issued_at": issued.isoformat().replace("+00:00", "Z"),
-        }
-        async with aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
-            await client.publish(topic("minle", "hub-svc", "cmd"), json.dumps(body), qos=1)
-
-    await command("old", datetime.now(UTC) - timedelta(days=1))
-    await command("fresh", datetime.now(UTC))
-    async with asyncio.timeout(10):
-        while running.service.siren.pattern is not None:
-            await asyncio.sleep(0.05)
-    assert list(running.service._commands_done) == ["fresh"], "the day-old silence was refused"
-    await running.pull()
-    await running.centre_records(2)
-    await command("fresh", datetime.now(UTC))  # the same command id again
-    await command("marker", datetime.now(UTC), name="status")  # handled after it: commands keep their order
-    async with asyncio.timeout(10):
-        while "marker" not in running.service._commands_done:
-            await asyncio.sleep(0.05)
-    assert list(running.service._commands_done) == ["fresh", "marker"]
-    assert running.service.siren.pattern == "emergency", "the repeated silence was refused"

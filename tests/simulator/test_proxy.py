@@ -149,6 +149,30 @@ async def test_down_refuses_and_resets_then_up_listens_on_the_same_port(echo: Ec
         writer.close()
 
 
+async def test_reset_cuts_every_connection_and_resets_new_ones_while_it_keeps_its_port(echo: Echo) -> None:
+    async with TcpProxy(HOST, echo.port) as proxy:
+        reader, writer = await _connect(proxy.port)
+        assert await _roundtrip(reader, writer, b"ping") == b"ping"
+
+        await proxy.set_mode("reset")
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(reader.read(100), EXPECTED)
+        writer.close()
+        reader, writer = await _connect(proxy.port)  # accepted: the port stays ours...
+        assert await _ended(reader), "...and reset at once"
+        writer.close()
+        with socket.socket() as other:  # nothing else can take the port meanwhile
+            with pytest.raises(OSError):
+                other.bind((HOST, proxy.port))
+
+        await proxy.set_mode("up")
+        reader, writer = await _connect(proxy.port)
+        assert await _roundtrip(reader, writer, b"again") == b"again"
+        writer.close()
+        assert proxy.stats.connections == 2, "the connection made while resetting was never forwarded"
+        assert proxy.stats.reset_at_once == 1
+
+
 async def test_blackhole_swallows_everything_and_up_drops_the_connections_it_held(echo: Echo) -> None:
     async with TcpProxy(HOST, echo.port) as proxy:
         old_reader, old_writer = await _connect(proxy.port)
