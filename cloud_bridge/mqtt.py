@@ -55,9 +55,27 @@ def tls_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
 OPERATION_TIMEOUT_S = 10.0  # a subscribe's SUBACK, a publish's PUBACK
 
 
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, except that a connection closed before the broker's CONNACK fails the
+    connect at once. aiomqtt ignores such a close and waits out its whole timeout: behind a load
+    balancer, or a line that resets every connection while it comes back, each attempt then cost
+    `connect_timeout_s`, and an alarm raised meanwhile waited for it. (aiomqtt 2.x keeps the
+    pending CONNACK in `_connected`; if that ever changes, this falls back to aiomqtt's way.)"""
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any = None) -> None:
+        connected = getattr(self, "_connected", None)
+        if isinstance(connected, asyncio.Future) and not connected.done():
+            connected.set_exception(
+                aiomqtt.MqttError(f"the connection closed before the broker answered ({reason_code})")
+            )
+            return
+        super()._on_disconnect(client, userdata, flags, reason_code, properties)
+
+
 def mqtt_client(host: str, port: int, identifier: str, **options: Any) -> aiomqtt.Client:
-    """An MQTT 5 client as every part of Anju opens one: TCP_NODELAY, a 10 s operation timeout."""
-    return aiomqtt.Client(
+    """An MQTT 5 client as every part of Anju opens one: TCP_NODELAY, a 10 s operation timeout, and
+    a connection closed before the CONNACK failing at once (`_Client`)."""
+    return _Client(
         host,
         port,
         identifier=identifier,

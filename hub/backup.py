@@ -53,7 +53,7 @@ from hub.config import ConfigError, HubConfig, load_config
 from hub.control import request, socket_path
 from hub.files import atomic_file, fsync_directory, write_atomic
 from hub.journal import Journal, JournalError
-from hub.journal_recovery import carry_over, find_damage, read_only, salvage
+from hub.journal_recovery import carry_into, carry_over, find_damage, read_only, salvage
 from hub.model import Event, EventType
 
 FORMAT = "anju-backup/1"
@@ -472,7 +472,7 @@ def _prepare_journal(path: Path, manifest: dict[str, Any], target: _Target) -> t
             if replaced is not None and replaced.error is None:
                 floors.append(replaced.last_seq or 0)
                 if same_hub:
-                    carried = journal.take_over(replaced.unacknowledged)
+                    carried = carry_into(journal, replaced)  # with their deliveries, and the open windows
             floor = max(*floors, journal.last_sequence())
             journal.start_sequence_after(floor)
             journal.append(_restored_event(target.hub, manifest, floor))

@@ -6,7 +6,9 @@ a malformed one to `Commands.on_bad_command`. A command is carried out only if
 1. it carries the county CA's signature over its canonical encoding (cloud_bridge.commands),
    checked against `mqtt.command_ca`, else the CA certificate the hub trusts for TLS (`mqtt.tls.ca`);
 2. it names this hub (`hub_id`);
-3. it was issued at most `mqtt.command_max_age_s` ago and at most FUTURE_SKEW_S in the future;
+3. it was issued at most `mqtt.command_max_age_s` ago and at most FUTURE_SKEW_S in the future; or,
+   while the hub's clock is not synchronised (a Pi has no real-time clock, so after a power cut
+   its clock may be anything until NTP answers), after the newest command it has carried out;
 4. its `cmd_id` has not been seen before (the ids are kept in `data_dir/commands-seen.json`, so a
    restart does not make an old command good again).
 
@@ -18,7 +20,12 @@ even if nobody watches the results.
 The commands: `silence` (the siren), `test` (a test call over every uplink), `say` (the centre's
 text in the hub's Mandarin voice, after any prompt, never interrupting one), `status` (the same
 dict as `anju status`), `events` (the journal's last events) and `config` (a whole new hub.toml,
-tried under `ConfigTrial` and rolled back if the restarted hub does not come up).
+tried under `ConfigTrial` and rolled back if the restarted hub does not come up). A configuration
+that would cut the hub off for good is refused before anything is written: one that moves
+`data_dir` (the journal, with the alarms the centre has not acknowledged, would stay behind) or
+whose command CA cannot be read (the hub could take no command again, not even the one that fixes
+it). So is one sent while another is being tried (`busy`): its file would have become the "last
+good" one before it had been tried.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from cloud_bridge.commands import COMMANDS, BadSignature, load_ca_public_key, verify_command
 from cloud_bridge.contract import ContractError
 from edge.audio import MESSAGE_PREFIX, clean_message
-from hub.config import ConfigError
+from hub.config import ConfigError, HubConfig
 from hub.config_trial import ConfigTrial
 from hub.files import write_atomic
 from hub.model import EventType, iso_now
@@ -56,7 +63,9 @@ SEEN_KEPT = 1000  # cmd ids remembered; commands older than command_max_age_s ar
 REFUSALS_PER_MINUTE = 10
 EVENTS_DEFAULT, EVENTS_MAX = 20, 100
 TEST_CALL_WAIT_S = 15.0
-BACKGROUND = ("test", "config")  # these take a while: the uplink must go on reading acks meanwhile
+# These take a while (a test call waits for acks; espeak-ng renders a message in up to 30 s on a
+# busy Pi; a configuration is written and fsynced): the uplink must go on reading acks meanwhile.
+BACKGROUND = ("test", "say", "config")
 
 __all__ = ["Commands", "ConfigTrial", "Refused", "SeenCommands"]
 
@@ -79,27 +88,39 @@ class Result:
 
 
 class SeenCommands:
-    """The cmd ids already carried out (or refused after their signature checked), on disk."""
+    """The cmd ids already carried out (or refused after their signature checked), and the newest
+    `issued_at` carried out, on disk."""
 
     def __init__(self, path: Path, keep: int = SEEN_KEPT) -> None:
         self.path = path
         self._ids: deque[str] = deque(maxlen=keep)
+        self.newest_issued: datetime | None = None
         try:
             loaded = json.loads(path.read_text(encoding="utf-8"))
-            self._ids.extend(i for i in loaded if isinstance(i, str))
+            if isinstance(loaded, list):  # written before newest_issued_at was kept
+                loaded = {"ids": loaded}
+            self._ids.extend(i for i in loaded.get("ids", []) if isinstance(i, str))
+            if isinstance(loaded.get("newest_issued_at"), str):
+                self.newest_issued = datetime.fromisoformat(loaded["newest_issued_at"])
         except FileNotFoundError:
             pass
-        except (OSError, ValueError, TypeError) as exc:
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
             log.error("%s cannot be read (%s): replays of commands from before it are not recognised", path, exc)
 
     def __contains__(self, cmd_id: str) -> bool:
         return cmd_id in self._ids
 
-    def add(self, cmd_id: str) -> None:
+    def add(self, cmd_id: str, issued: datetime | None = None) -> None:
         """Remember `cmd_id` (in memory at once; on disk unless the disk refuses, which is logged)."""
         self._ids.append(cmd_id)
+        if issued is not None and (self.newest_issued is None or issued > self.newest_issued):
+            self.newest_issued = issued
+        state = {
+            "ids": list(self._ids),
+            "newest_issued_at": None if self.newest_issued is None else self.newest_issued.isoformat(),
+        }
         try:
-            write_atomic(self.path, json.dumps(list(self._ids)).encode())
+            write_atomic(self.path, json.dumps(state).encode())
         except OSError as exc:
             log.error("cannot save the seen command ids to %s (%s); they are kept in memory", self.path, exc)
 
@@ -116,6 +137,7 @@ class Commands:
         self._ca_key: ec.EllipticCurvePublicKey | None = None
         self._refusals: deque[float] = deque()
         self._refusals_left_out = 0
+        self._configuring: str | None = None  # the cmd_id of a configuration being written, then tried
 
     # -- from the uplink --------------------------------------------------------------------------
 
@@ -127,7 +149,8 @@ class Commands:
         except Refused as refusal:
             self._refuse(cmd_id, command, refusal)
             return
-        await asyncio.to_thread(self.seen.add, cmd_id)  # before carrying it out: at most once, even across a crash
+        issued = datetime.fromisoformat(cmd["issued_at"])  # _authenticate has read it already
+        await asyncio.to_thread(self.seen.add, cmd_id, issued)  # before carrying it out: once, even across a crash
         log.info("command %s (%s) from the centre accepted", command, cmd_id)
         if command in BACKGROUND:
             self.service._background(self._carry_out(cmd))
@@ -176,12 +199,23 @@ class Commands:
             raise Refused("malformed", f"issued_at {cmd['issued_at']!r} cannot be read") from None
         if issued.tzinfo is None:
             raise Refused("malformed", "issued_at has no time zone offset")
-        age = (self.now() - issued).total_seconds()
-        limit = config.mqtt.command_max_age_s
-        if age > limit:
-            raise Refused("stale", f"issued {age:.0f} s ago; commands older than {limit:g} s are refused")
-        if age < -FUTURE_SKEW_S:
-            raise Refused("future", f"issued {-age:.0f} s in the future by the hub's clock (at most {FUTURE_SKEW_S:g})")
+        if self.service.timesync.trusted:
+            age = (self.now() - issued).total_seconds()
+            limit = config.mqtt.command_max_age_s
+            if age > limit:
+                raise Refused("stale", f"issued {age:.0f} s ago; commands older than {limit:g} s are refused")
+            if age < -FUTURE_SKEW_S:
+                raise Refused(
+                    "future", f"issued {-age:.0f} s in the future by the hub's clock (at most {FUTURE_SKEW_S:g})"
+                )
+        elif self.seen.newest_issued is not None and issued <= self.seen.newest_issued:
+            # Until NTP answers, the hub's clock may be anything (a Pi has no real-time clock), so it
+            # cannot judge a command's age: it takes only what is newer than the newest it has done.
+            raise Refused(
+                "stale",
+                f"the hub's clock is not synchronised, so it takes only commands issued after the newest "
+                f"it has carried out ({self.seen.newest_issued.isoformat()})",
+            )
         if cmd["cmd_id"] in self.seen:
             raise Refused("replayed", f"command {cmd['cmd_id']} was already received; each cmd_id is done once")
 
@@ -277,10 +311,25 @@ class Commands:
                 "other_hub",
                 f"the configuration is for hub {new.county}/{new.hub_id}, this is {current.county}/{current.hub_id}",
             )
+        if new.data_dir.resolve() != current.data_dir.resolve():
+            raise Refused(
+                "bad_config",
+                f"the new configuration moves data_dir to {new.data_dir}: the journal, with the events the centre "
+                f"has not acknowledged, is in {current.data_dir}; data_dir is changed on the hub, not from the centre",
+            )
+        problem = command_ca_problem(new)
+        if problem is not None:
+            raise Refused("bad_config", f"with the new configuration {problem}: the hub could take no command again")
+        # No await between this check and taking the turn: two configurations cannot both pass it.
+        busy = self._configuring or self.trial.pending_command()
+        if busy is not None:
+            raise Refused("busy", f"the configuration of command {busy} is being tried; send this one after its answer")
+        self._configuring = cmd_id
         trial_s = float(args.get("trial_s", self.trial.default_trial_s))
         try:
             await asyncio.to_thread(self.trial.begin, cmd_id, text, trial_s)
         except (OSError, ConfigError) as exc:
+            self._configuring = None
             return Result("failed", "error", f"the new configuration could not be written: {exc}")
         log.warning("command %s: a new configuration from the centre; restarting with it", cmd_id)
         self.restart()
@@ -328,3 +377,15 @@ class Commands:
             details["refusals_not_reported"] = left_out
         with contextlib.suppress(AttributeError):  # rules not built yet: nothing can be refused then anyway
             self.service.report_event(EventType.INFO_COMMAND_REFUSED, **details)
+
+
+def command_ca_problem(config: HubConfig) -> str | None:
+    """Why the hub could not check commands' signatures under `config`, or None if it could."""
+    path = config.mqtt.command_ca or (config.mqtt.tls.ca if config.mqtt.tls else None)
+    if path is None:
+        return "there is no county CA certificate (mqtt.command_ca or mqtt.tls.ca)"
+    try:
+        load_ca_public_key(path)
+    except ValueError as exc:  # unreadable, not PEM, not a certificate, not an EC key
+        return f"{path}: {exc}" if str(path) not in str(exc) else str(exc)
+    return None

@@ -50,8 +50,17 @@ class ConfigTrial:
 
     # -- the command's side ------------------------------------------------------------------
 
+    def pending_command(self) -> str | None:
+        """The cmd_id of the configuration being tried (written, the hub on trial or restarting into
+        it), or None. While there is one, no other may begin: it would keep an untried file as the
+        last good one."""
+        pending = self._pending()
+        return None if pending is None else pending["cmd_id"]
+
     def begin(self, cmd_id: str, text: str, trial_s: float) -> None:
         """Keep the running file, note the trial, write the new file (blocking file work)."""
+        if self.marker.exists():
+            raise FileExistsError(f"{self.marker}: another configuration is being tried")
         previous = self.store.path.read_bytes()
         write_atomic(self.last_good, previous)
         write_atomic(self.marker, json.dumps({"cmd_id": cmd_id, "trial_s": trial_s, "starts": 0}).encode())

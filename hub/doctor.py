@@ -5,7 +5,11 @@
 Each check says what it found and, when something is wrong, what to do. When the hub is running
 it owns the serial ports and the radios: the doctor then asks it (its control socket, hub.control)
 what it knows about the Bluetooth adapter, the Zigbee coordinator, the modem and the devices, and
-says so; it probes that hardware itself only when no hub runs. The broker and the DC-09 receiver
+says so; it probes that hardware itself only when no hub runs. A hub that is there but does not
+answer (its socket does not refuse the connection: it is busy, hung, or this user may not ask it)
+still owns that hardware: the doctor then leaves the radios, the modem and the pins alone and says
+so as a FAIL (two programs reading one serial port each get half of the other's frames: the hub
+could miss a smoke alarm's). The broker and the DC-09 receiver
 are always tried for real (an MQTT CONNECT under the client id `<hub_id>-doctor`, which does not
 take over the hub's session; a DC-09 NULL link test), through the hub's own client code.
 
@@ -40,6 +44,9 @@ from hub.model import Transport
 SCHEMA = "anju.doctor/1"
 STATUS_TIMEOUT_S = 3.0  # asking the running hub
 CHECK_TIMEOUT_S = 10.0  # any one check, at most
+# The journal's quick_check reads the whole file (up to journal.max_mb): on a slow card it is cut
+# short at this share of CHECK_TIMEOUT_S (SQLite interrupts it), so no thread outlives the doctor.
+JOURNAL_CHECK_SHARE = 0.6
 BLE_LISTEN_S = 2.0  # a direct BLE probe listens this long for adverts
 WEAK_SIGNAL_DBM = -105
 CERT_WARN_DAYS = 30
@@ -72,13 +79,29 @@ def fail(check: str, found: str, fix: str) -> Finding:
 
 @dataclass(frozen=True)
 class Context:
-    """What every check may look at: the configuration, and the running hub's `status` (or None)."""
+    """What every check may look at: the configuration, the running hub's `status` (or None), and
+    why a hub that seems to be there did not answer (None: it answered, or there is none)."""
 
     config: HubConfig
     hub: dict[str, Any] | None
+    silent: str | None = None
+
+    def hardware_left_alone(self, check: str, what: str) -> list[Finding] | None:
+        """The finding for a check that must not open `what` because a hub that did not answer may
+        own it; None when the check may go on."""
+        if self.hub is not None or self.silent is None:
+            return None
+        return [fail(check, f"{what} not probed: {self.silent}", _SILENT_FIX)]
 
     def uses(self, transport: Transport) -> bool:
         return any(d.transport is transport for d in self.config.devices)
+
+
+_SILENT_FIX = (
+    "a hub still starting: run `anju doctor` again in a minute; else `systemctl status anju-hub` and "
+    "`journalctl -u anju-hub -e` say why it does not answer (`sudo systemctl restart anju-hub`); "
+    "run the doctor as root or as the hub's user (`sudo -u anju anju doctor …`)"
+)
 
 
 # -- the command --------------------------------------------------------------------------------
@@ -107,11 +130,11 @@ def main(args: argparse.Namespace) -> int:
             print(f"anju doctor: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.CRITICAL)  # the radio libraries' warnings: the lines below say it
-    findings, hub = asyncio.run(diagnose(config))
+    findings, hub, silent = asyncio.run(diagnose(config))
     if args.json:
-        print(json.dumps(report(config, args.config, findings, hub), indent=2, ensure_ascii=False))
+        print(json.dumps(report(config, args.config, findings, hub, silent), indent=2, ensure_ascii=False))
     else:
-        print(format_text(config, findings, hub))
+        print(format_text(config, findings, hub, silent))
     return exit_status(findings)
 
 
@@ -119,19 +142,26 @@ def exit_status(findings: list[Finding]) -> int:
     return 1 if any(f.status == "fail" for f in findings) else 0
 
 
-def report(config: HubConfig, path: Path, findings: list[Finding], hub: dict[str, Any] | None) -> dict[str, Any]:
+def report(
+    config: HubConfig, path: Path, findings: list[Finding], hub: dict[str, Any] | None, silent: str | None = None
+) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "config": str(path),
         "hub_id": config.hub_id,
-        "hub_running": hub is not None,
+        "hub_running": hub is not None or silent is not None,
+        "hub_answered": hub is not None,
         "ok": exit_status(findings) == 0,
         "checks": [asdict(f) for f in findings],
     }
 
 
-def format_text(config: HubConfig, findings: list[Finding], hub: dict[str, Any] | None) -> str:
+def format_text(
+    config: HubConfig, findings: list[Finding], hub: dict[str, Any] | None, silent: str | None = None
+) -> str:
     running = "running: hardware it owns is reported by it" if hub else "not running: hardware probed directly"
+    if hub is None and silent is not None:
+        running = "there, but not answering: the hardware it owns is left alone"
     lines = [f"anju doctor: hub {config.hub_id}, {running}"]
     width = max((len(f.check) for f in findings), default=8)
     for f in findings:
@@ -142,10 +172,11 @@ def format_text(config: HubConfig, findings: list[Finding], hub: dict[str, Any] 
     return "\n".join(lines)
 
 
-async def diagnose(config: HubConfig) -> tuple[list[Finding], dict[str, Any] | None]:
-    """Every check, concurrently, each under its timeout; then the running hub's status (or None)."""
-    hub = await asyncio.to_thread(running_hub, config)
-    context = Context(config, hub)
+async def diagnose(config: HubConfig) -> tuple[list[Finding], dict[str, Any] | None, str | None]:
+    """Every check, concurrently, each under its timeout; then the running hub's status (or None),
+    and why a hub that is there did not answer (or None)."""
+    hub, silent = await asyncio.to_thread(ask_hub, config)
+    context = Context(config, hub, silent)
     checks: list[tuple[str, Callable[[Context], Awaitable[list[Finding]]]]] = [
         ("bluetooth", check_bluetooth),
         ("zigbee", check_zigbee),
@@ -159,7 +190,7 @@ async def diagnose(config: HubConfig) -> tuple[list[Finding], dict[str, Any] | N
         ("devices", check_devices),
     ]
     results = await asyncio.gather(*(_bounded(name, check, context) for name, check in checks))
-    return [finding for findings in results for finding in findings], hub
+    return [finding for findings in results for finding in findings], hub, silent
 
 
 async def _bounded(name: str, check: Callable[[Context], Awaitable[list[Finding]]], context: Context) -> list[Finding]:
@@ -177,13 +208,29 @@ async def _bounded(name: str, check: Callable[[Context], Awaitable[list[Finding]
         return [fail(name, f"the check itself failed: {type(exc).__name__}: {exc}", "report this with the log")]
 
 
+def ask_hub(config: HubConfig) -> tuple[dict[str, Any] | None, str | None]:
+    """The running hub's `status` answer (or None), and, when there was none although a hub seems to
+    be there, why: only a missing socket or a refused connection (a socket a hub left behind when
+    it ended) mean that no hub runs."""
+    path = socket_path(config.data_dir)
+    try:
+        answer = request(path, {"cmd": "status"}, timeout=STATUS_TIMEOUT_S)
+    except (FileNotFoundError, ConnectionRefusedError):
+        return None, None
+    except TimeoutError:
+        return None, f"a hub listens on {path} but did not answer within {STATUS_TIMEOUT_S:g} s"
+    except PermissionError:
+        return None, f"this user may not ask the hub on {path} (permission denied)"
+    except (OSError, ValueError) as exc:
+        return None, f"the hub on {path} did not answer properly ({exc or type(exc).__name__})"
+    if not answer.get("ok"):
+        return None, f"the hub on {path} answered with an error: {answer.get('error')}"
+    return answer, None
+
+
 def running_hub(config: HubConfig) -> dict[str, Any] | None:
     """The running hub's `status` answer, or None when no hub answers on its control socket."""
-    try:
-        answer = request(socket_path(config.data_dir), {"cmd": "status"}, timeout=STATUS_TIMEOUT_S)
-    except (OSError, ValueError):
-        return None
-    return answer if answer.get("ok") else None
+    return ask_hub(config)[0]
 
 
 # -- radios ---------------------------------------------------------------------------------------
@@ -195,6 +242,8 @@ async def check_bluetooth(context: Context) -> list[Finding]:
         return [ok("bluetooth", "not used (no BLE devices, installer app off)")]
     if context.hub is not None:
         return [_bluetooth_from_hub(context.hub.get("ble"), adapter)]
+    if left_alone := context.hardware_left_alone("bluetooth", f"the adapter {adapter}"):
+        return left_alone
     return [await _probe_bluetooth(context)]
 
 
@@ -259,6 +308,8 @@ async def check_zigbee(context: Context) -> list[Finding]:
         return [ok("zigbee", "not used (no Zigbee devices)")]
     if context.hub is not None:
         return [_zigbee_from_hub(context.hub.get("zigbee"), port)]
+    if left_alone := context.hardware_left_alone("zigbee", f"the coordinator on {port}"):
+        return left_alone
     if not await asyncio.to_thread(os.path.exists, port):
         return [fail("zigbee", f"no serial port {port}", _ZIGBEE_FIX.format(port=port))]
     return [await _probe_zigbee(context)]
@@ -318,6 +369,8 @@ async def check_gpio(context: Context) -> list[Finding]:
     )
     if context.hub is not None:
         return [ok("gpio", f"in use by the running hub (pin factory {gpio.pin_factory}): {pins}")]
+    if left_alone := context.hardware_left_alone("gpio", "the pins"):
+        return left_alone
     return [await asyncio.to_thread(_probe_gpio, gpio.pin_factory, pins)]
 
 
@@ -407,6 +460,8 @@ async def check_modem(context: Context) -> list[Finding]:
         return [ok("modem", "not used (no sms uplink)")]
     if context.hub is not None:
         return [_modem_from_hub(context.hub, sms.port)]
+    if left_alone := context.hardware_left_alone("modem", f"the modem on {sms.port}"):
+        return left_alone
     if not await asyncio.to_thread(os.path.exists, sms.port):
         return [fail("modem", f"no serial port {sms.port}", _MODEM_PORT_FIX.format(port=sms.port))]
     from edge.modem import Modem, ModemError
@@ -550,23 +605,33 @@ def _storage(config: HubConfig) -> list[Finding]:
     return [disk, _journal(config)]
 
 
-def _journal(config: HubConfig) -> Finding:
+def _journal(config: HubConfig, within_s: float | None = None) -> Finding:
     path = config.data_dir / "journal.sqlite3"
     if not path.exists():
         return warn("journal", f"no journal yet at {path}", "start the hub once: it creates the journal")
     size_mb = sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists()) / 1e6
     budget = config.journal.max_mb
     found = f"{size_mb:.1f} MB of its {budget:g} MB budget"
+    within_s = CHECK_TIMEOUT_S * JOURNAL_CHECK_SHARE if within_s is None else within_s
+    deadline = time.monotonic() + within_s
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)) as db:
+            db.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)  # non-zero: interrupt
             check = db.execute("PRAGMA quick_check").fetchone()[0]
     except sqlite3.Error as exc:
+        if time.monotonic() > deadline and "interrupt" in str(exc):
+            return warn(
+                "journal",
+                f"{found}; quick_check not finished within {within_s:g} s (a large journal, a slow card)",
+                "nothing to do: the hub checks it whole at every start; `journalctl -u anju-hub | grep journal`",
+            )
         check = str(exc)
     if check != "ok":
         return fail(
             "journal",
             f"{found}; quick_check: {check}",
-            "stop the hub, copy the journal aside (`anju backup`), delete it; the hub starts a new one",
+            "restart the hub (`sudo systemctl restart anju-hub`): at start it moves a damaged journal aside and "
+            "carries its unacknowledged events over; do not delete it (they would be lost)",
         )
     if size_mb > budget * (1 - config.journal.reserve_percent / 100):
         return warn(

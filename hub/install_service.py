@@ -11,6 +11,10 @@ login, no home of its own) and adds it to those groups, creates the configuratio
 directories owned by it (0750: the configuration holds the PIN hash and key paths), then runs
 `systemctl daemon-reload` and `systemctl enable --now anju-hub`.
 
+The configuration's directory and the data directory must be the hub's own: one shared with the
+system (/etc, /var/lib, …), hidden from the service (under /home, /root, /tmp: ProtectHome=,
+PrivateTmp=) or owned by another user is refused before anything is done.
+
 `--dry-run` prints each step and changes nothing. `--root DIR` does everything under DIR instead
 of / (useradd --prefix, `systemctl --root DIR enable`, no daemon-reload or start): for images and
 tests. Each step is skipped when it is already done, so running it again is safe.
@@ -111,6 +115,8 @@ def plan(args: argparse.Namespace) -> list[Step]:
     for name, path in (("--config", config), ("--data-dir", data_dir), ("--venv", venv)):
         if not path.is_absolute() or any(c.isspace() for c in str(path)):
             raise InstallError(f"{name} {path}: give an absolute path without spaces")
+    for what, directory in (("the configuration's directory", config.parent), ("the data directory", data_dir)):
+        _refuse_shared_directory(what, directory, _under(root, directory), root, args.user)
     if not (venv / "bin" / "anju").exists():
         raise InstallError(f"{venv}/bin/anju does not exist: give the venv anju is installed in with --venv")
     if not TEMPLATE.is_file():
@@ -210,6 +216,50 @@ def _configured_data_dir(config: Path) -> Path | None:
         return load_config(config).data_dir
     except ConfigError as exc:
         raise InstallError(f"the configuration is not valid, fix it first: {exc}") from None
+
+
+def _refuse_shared_directory(what: str, directory: Path, target: Path, root: Path, user: str) -> None:
+    """The configuration's and the data directory are the hub's own: install-service makes them
+    owned by its user, mode 0750, and the unit lets the hub write there. A directory other things
+    live in (/etc, /var/lib, /opt, a home) must never be given away like that, and one under /home,
+    /root, /tmp or /run is out of the hub's sight (ProtectHome=, PrivateTmp=): the hub could not
+    start. So both must be a directory of the hub's own, not yet owned by another user."""
+    parts = directory.parts
+    if len(parts) < 2 or str(directory) in _SHARED_DIRECTORIES:
+        raise InstallError(
+            f"{what} {directory} is shared with the rest of the system: it would be given to {user} (mode "
+            f"0750) and made writable by the hub; use a directory of its own, e.g. {DEFAULT_CONFIG.parent} "
+            f"for --config, {DEFAULT_DATA_DIR} for --data-dir"
+        )
+    hidden = next((top for top in _HIDDEN_FROM_THE_SERVICE if directory.is_relative_to(top)), None)
+    if hidden is not None:
+        raise InstallError(
+            f"{what} {directory} is under {hidden}, which the service cannot see (ProtectHome=, PrivateTmp=): "
+            f"use e.g. {DEFAULT_CONFIG.parent} for --config, {DEFAULT_DATA_DIR} for --data-dir"
+        )
+    try:
+        owner = target.stat().st_uid
+    except FileNotFoundError:
+        return
+    entry = _passwd_entry(root, user)
+    if owner != 0 and (entry is None or owner != entry[0]):
+        raise InstallError(
+            f"{what} {directory} belongs to another user (uid {owner}); it would be given to {user}: "
+            "use a directory of the hub's own"
+        )
+
+
+# Directories the rest of the system lives in: never handed to the hub's user.
+_SHARED_DIRECTORIES = frozenset(
+    {
+        "/etc", "/var", "/var/lib", "/var/local", "/var/opt", "/var/cache", "/var/log", "/var/spool",
+        "/opt", "/srv", "/usr", "/usr/local", "/usr/share", "/usr/lib", "/home", "/root", "/tmp",
+        "/var/tmp", "/run", "/boot", "/mnt", "/media", "/dev", "/proc", "/sys", "/bin", "/sbin",
+        "/lib", "/lib64", "/usr/bin", "/usr/sbin", "/etc/systemd", "/etc/default",
+    }
+)  # fmt: skip
+# What the unit's ProtectHome= and PrivateTmp= hide from the hub.
+_HIDDEN_FROM_THE_SERVICE = (Path("/home"), Path("/root"), Path("/run/user"), Path("/tmp"), Path("/var/tmp"))
 
 
 def _under(root: Path, path: Path) -> Path:

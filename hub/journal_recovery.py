@@ -2,28 +2,41 @@
 
 `find_damage` runs SQLite's `PRAGMA quick_check` on the journal before the hub opens it (a file
 whose header still opens can have broken pages in the middle that only a query would hit, maybe
-in the middle of an alarm). `set_aside` moves a damaged file (with its WAL) out of the way, kept
-for a person to look at. `salvage` reads what it can from the file set aside, read-only: every
+in the middle of an alarm). `salvage` reads what it can from a damaged file, read-only: every
 event row it can reach, walking the table by sequence number and stepping over unreadable pages;
-the unacknowledged ones are carried into the new journal by `carry_over` with their own event
-ids and sequence numbers, so they are still sent and the centre drops any it already has. What
-could not be read is said, in sequence numbers, for the fault the hub reports.
+the unacknowledged ones are carried into a new journal with their own event ids and sequence
+numbers, so they are still sent and the centre drops any it already has, together with what the
+failover paths recorded about them (an alarm a DC-09 receiver acknowledged is not escalated again)
+and the rules' open windows (a fall's cancel window still ends in an alarm). What could not be
+read is said, in sequence numbers, for the fault the hub reports.
+
+`recover` does it so that a crash or power cut at any moment loses nothing: the new journal is
+written whole beside the damaged one (`journal.sqlite3.recovering-partial`, renamed
+`journal.sqlite3.recovering` once complete) before the damaged file is moved aside (`set_aside`,
+kept for a person) and the new one renamed into its place. `finish_interrupted`, which the hub
+runs first at every start, completes a recovery cut short after the new journal was whole, or
+throws away a half-written one (the damaged file is then untouched, and is recovered again).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hub.files import fsync_directory
 from hub.journal import _ADDED_COLUMNS, _COLUMNS, Journal, JournalError, JournalRecord, _record
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # Problems quick_check lists at most (it stops there: a badly damaged file is not read whole).
 _CHECK_LIMIT = 5
@@ -46,7 +59,9 @@ class Salvage:
     highest sequence number the journal had handed out, None if unreadable. `unreadable`: ranges of
     sequence numbers (first, last) whose rows could not be read (some may have been deleted before).
     `lost_unacknowledged`: sequence numbers of unacknowledged events known (from the index) but not
-    readable. `error`: the file could not be read at all, and why."""
+    readable. `error`: the file could not be read at all, and why. `deliveries`: (event id, path,
+    acknowledged) of the unacknowledged events a failover path carried; `windows`: the rules' open
+    windows (id, deadline, data as stored); both empty when their pages cannot be read."""
 
     unacknowledged: list[JournalRecord] = field(default_factory=list)
     rows_read: int = 0
@@ -54,6 +69,8 @@ class Salvage:
     unreadable: list[tuple[int, int]] = field(default_factory=list)
     lost_unacknowledged: list[int] = field(default_factory=list)
     error: str | None = None
+    deliveries: list[tuple[str, str, bool]] = field(default_factory=list)
+    windows: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def alarms(self) -> int:
@@ -118,27 +135,119 @@ def find_damage(path: Path) -> str | None:
 
 def set_aside(path: Path) -> Path:
     """Move a damaged journal and its WAL and index out of the way (kept for a person); returns
-    the new name of the database file."""
-    aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
-    for suffix in ("", "-wal", "-shm"):
-        damaged = path.with_name(path.name + suffix)
-        if damaged.exists():
-            damaged.replace(aside.with_name(aside.name + suffix))
+    the new name of the database file (never one a file set aside before already has)."""
+    stamp, n = int(time.time()), 0
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    while any(aside.with_name(aside.name + suffix).exists() for suffix in _SQLITE_SUFFIXES):
+        n += 1
+        aside = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+    _move(path, aside)
     return aside
 
 
+def recover(path: Path) -> tuple[Path, Salvage]:
+    """Replace the damaged journal at `path` by a new one with what can be read from it (see the
+    module's text: a crash at any point loses nothing). Returns where the damaged file went, and
+    what was saved."""
+    found = salvage(path)
+    partial = _partial(path)
+    _remove(partial)
+    _write_new(partial, found)
+    _move(partial, recovering(path))  # whole from here on: finish_interrupted puts it in place
+    fsync_directory(path.parent)
+    aside = _put_in_place(path)
+    assert aside is not None  # the damaged file was there: salvage read it
+    return aside, found
+
+
+def recovering(path: Path) -> Path:
+    """Where `recover` keeps the new journal, whole, before it takes the damaged one's place."""
+    return path.with_name(path.name + ".recovering")
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(path.name + ".recovering-partial")
+
+
+def _put_in_place(path: Path) -> Path | None:
+    """The whole new journal in the damaged one's place; returns where the damaged one went (None:
+    a crash had already moved it aside)."""
+    aside = None
+    if any(path.with_name(path.name + suffix).exists() for suffix in _SQLITE_SUFFIXES):
+        aside = set_aside(path)  # all of the damaged file, its WAL too: none is left beside the new one
+    _move(recovering(path), path)
+    fsync_directory(path.parent)
+    return aside
+
+
+def finish_interrupted(path: Path) -> str | None:
+    """Complete a `recover` that a crash cut short, or undo what it had begun. Returns what was
+    completed, for the fault the hub reports (None: nothing to report; a half-written new journal
+    is only removed, and the damaged file, untouched, is recovered again). Run before anything
+    opens the journal."""
+    partial = _partial(path)
+    if any(partial.with_name(partial.name + suffix).exists() for suffix in _SQLITE_SUFFIXES):
+        log.warning("a half-written %s was removed; the journal is checked and recovered again", partial.name)
+        _remove(partial)
+    if not recovering(path).exists():
+        return None
+    _put_in_place(path)
+    return (
+        f"a restart cut its recovery short; the recovered journal ({recovering(path).name}) was put in place,"
+        " with the unacknowledged events read from the damaged one"
+    )
+
+
 def carry_over(aside: Path, path: Path) -> Salvage:
-    """Salvage what can be read from the damaged journal `aside` into the new journal at `path`:
-    its unacknowledged events, and a sequence floor at its last number. Returns what was saved."""
+    """Salvage what can be read from the damaged journal `aside` into the journal at `path`: its
+    unacknowledged events with their deliveries, the rules' windows, and a sequence floor at its
+    last number. Returns what was saved."""
     found = salvage(aside)
+    _write_new(path, found)
+    return found
+
+
+def carry_into(journal: Journal, found: Salvage) -> int:
+    """Put what `salvage` found into `journal`: the unacknowledged events as they were (ids and
+    sequence numbers already there are skipped), what the failover paths recorded about them and
+    the open windows. Returns how many events were added."""
+    added = journal.take_over(found.unacknowledged)
+    for event_id, via, acknowledged in found.deliveries:
+        journal.mark_delivered(event_id, via, acknowledged)
+    for window_id, deadline, data in found.windows:
+        try:
+            parsed = datetime.fromisoformat(deadline), json.loads(data)
+        except (ValueError, TypeError):  # a damaged row: that window is lost, the others are kept
+            continue
+        journal.save_window(window_id, *parsed)
+    return added
+
+
+def _write_new(path: Path, found: Salvage) -> None:
     journal = Journal(path)
     try:
-        journal.take_over(found.unacknowledged)
+        carry_into(journal, found)
         if found.last_seq is not None:
             journal.start_sequence_after(found.last_seq)
     finally:
-        journal.close()
-    return found
+        journal.close()  # the last connection: checkpointed, the WAL gone, everything in the one file
+
+
+_SQLITE_SUFFIXES = ("", "-wal", "-shm")
+
+
+def _move(source: Path, dest: Path) -> None:
+    """Rename a SQLite file with its WAL and index; the main file last (its WAL is never left
+    behind without it)."""
+    for suffix in ("-wal", "-shm", ""):
+        part = source.with_name(source.name + suffix)
+        if part.exists():
+            part.replace(dest.with_name(dest.name + suffix))
+
+
+def _remove(path: Path) -> None:
+    for suffix in _SQLITE_SUFFIXES:
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
 def salvage(path: Path) -> Salvage:
@@ -150,18 +259,28 @@ def salvage(path: Path) -> Salvage:
             indexed = _attempt(lambda: _unacknowledged_seqs(db)) or []
             known_last = _known_last(db)
             rows, unreadable = _scan(db, _columns(db), known_last or _NO_BOUND)
+            records = [record for record in map(_decoded, rows) if record is not None]
+            pending = [record for record in records if not record.acknowledged]
+            deliveries = _attempt(lambda: _deliveries(db, {r.event.event_id for r in pending})) or []
+            windows = _attempt(lambda: db.execute("SELECT id, deadline, data FROM windows").fetchall()) or []
     except sqlite3.Error as exc:
         return Salvage(error=str(exc))
-    records = [record for record in map(_decoded, rows) if record is not None]
     read = {record.event.seq for record in records}
     last = max([known_last or 0, *(row[0] for row in rows), *indexed]) or None
     return Salvage(
-        unacknowledged=[record for record in records if not record.acknowledged],
+        unacknowledged=pending,
         rows_read=len(rows),
         last_seq=last,
         unreadable=[(first, end if end != _NO_BOUND else max(first, last or 0)) for first, end in unreadable],
         lost_unacknowledged=sorted(seq for seq in indexed if seq not in read),
+        deliveries=deliveries,
+        windows=[(str(w), str(d), str(x)) for w, d, x in windows],
     )
+
+
+def _deliveries(db: sqlite3.Connection, event_ids: set[str]) -> list[tuple[str, str, bool]]:
+    rows = db.execute("SELECT event_id, via, acknowledged FROM deliveries").fetchall()
+    return [(str(e), str(via), bool(acked)) for e, via, acked in rows if e in event_ids]
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ from hub.config import AudioConfig, ConfigError, Dc09UplinkConfig, HubConfig, Sm
 from hub.control import ControlServer, socket_path
 from hub.device_book import DeviceBook
 from hub.journal import AsyncJournal, JournalError, JournalFull
-from hub.journal_recovery import JournalDamaged, carry_over, find_damage, is_corruption, set_aside
+from hub.journal_recovery import JournalDamaged, find_damage, finish_interrupted, is_corruption, recover
 from hub.model import Device, Event, EventType, Priority, Transport
 from hub.notify import sd_notify
 from hub.rules import Rules
@@ -226,6 +226,7 @@ class HubService:
             self.led.close()
             self.voice.close()
             self.journal.close()
+            _mark_closed_cleanly(self.journal)
 
     def _failover(self, config: HubConfig) -> Failover:
         """DC-09 and SMS behind the MQTT uplink, in the order `uplinks` lists them."""
@@ -288,12 +289,20 @@ class HubService:
         problem: str | None = None
         action = ""
         recovery: dict[str, Any] = {}  # what was carried over from a damaged journal, for the fault
+        with contextlib.suppress(OSError):  # a recovery a crash cut short (hub.journal_recovery)
+            if finished := await asyncio.to_thread(finish_interrupted, path):
+                problem, action = f"the journal {path} was damaged", finished
+                log.critical("%s; %s", problem, action)
         if await asyncio.to_thread(_journal_lost, path, marker):
             problem = f"the journal {path} has gone (deleted?); events not yet acknowledged then are lost"
             action = "a new one was started"
             log.critical("%s; %s", problem, action)
         try:
-            damage = await asyncio.to_thread(find_damage, path)
+            # The whole-file check costs seconds on a large journal (the centre hears nothing until
+            # the journal is open; the siren does not wait), so it runs only after a stop that was
+            # not clean: a power cut, a crash, a kill. That is when a file gets damaged.
+            closed_cleanly = await asyncio.to_thread(_take_clean_mark, path)
+            damage = None if closed_cleanly else await asyncio.to_thread(find_damage, path)
             if damage is not None:
                 raise JournalDamaged(f"the journal {path} is damaged: {damage}")
             journal = await asyncio.to_thread(lambda: AsyncJournal(path, **settings))  # type: ignore[arg-type]
@@ -313,8 +322,7 @@ class HubService:
                 self._background(self._report_after_open(fault))
                 return journal
             try:
-                aside = await asyncio.to_thread(set_aside, path)
-                saved = await asyncio.to_thread(carry_over, aside, path)
+                aside, saved = await asyncio.to_thread(recover, path)
                 journal = await asyncio.to_thread(lambda: AsyncJournal(path, **settings))  # type: ignore[arg-type]
                 log.critical("the damaged journal was moved to %s; a new one was started: %s", aside, saved.summary())
                 action = f"moved aside to {aside.name}; {saved.summary()}"
@@ -625,6 +633,28 @@ def _is_corrupt(exc: JournalError) -> bool:
     """Whether the file itself is damaged (its quick check failed, or SQLite says: not a database,
     malformed), as opposed to locked, forbidden or failing for now."""
     return isinstance(exc, JournalDamaged) or is_corruption(exc.__cause__)
+
+
+def _clean_mark(path: Path) -> Path:
+    return path.with_name(path.name + ".closed-cleanly")
+
+
+def _mark_closed_cleanly(journal: AsyncJournal) -> None:
+    """Leave a mark that the journal was closed in order (the next start may skip its check)."""
+    if journal.path.name != ":memory:":
+        with contextlib.suppress(OSError):
+            _clean_mark(journal.path).touch()
+
+
+def _take_clean_mark(path: Path) -> bool:
+    """Whether the last run closed the journal in order; the mark is removed, so a crash from now
+    on leaves none."""
+    mark = _clean_mark(path)
+    try:
+        mark.unlink()
+    except OSError:
+        return False
+    return path.exists()
 
 
 def _journal_lost(path: Path, marker: Path) -> bool:

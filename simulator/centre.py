@@ -180,7 +180,7 @@ class Centre:
                 return None
         if kind not in ("event", "events", "heartbeat", "status"):
             return None
-        return Unit(kind, county, hub_id, body)
+        return Unit(kind, county, hub_id, body, retained=bool(message.retain))
 
     async def _write_forever(self, client: aiomqtt.Client, inbox: Inbox) -> None:
         """Group commit: take what is queued (alarms first, up to WRITE_MAX), commit it at once, ack it."""

@@ -4,7 +4,8 @@ when each counts as gone) and the centre's own alarms about hubs (`hub.offline`,
 Two engines behind one class: SQLite (a file path: the default, WAL, fsync on commit; several
 workers may share the file) and PostgreSQL (a `postgresql://` URL: what a county runs, and what
 several centre machines share). The SQL is the same for both (SQLite ≥ 3.35 and PostgreSQL both
-have `ON CONFLICT … RETURNING`); only the placeholder differs.
+have `ON CONFLICT … RETURNING`); only the placeholder differs. A PostgreSQL connection lost to a
+restart or a failover is made again at the next transaction; the one it broke is refused whole.
 
 Writes come in groups (`write`): everything a centre worker received while its last commit ran
 is committed in one transaction, so one fsync serves a whole storm of alarms (group commit).
@@ -31,6 +32,7 @@ from typing import Any
 from hub.model import iso_now
 
 MISSED_HEARTBEATS = 3  # a hub silent for this many of its heartbeat intervals is offline
+CONNECT_TIMEOUT_S = 10  # PostgreSQL: give up a connection attempt after this long
 
 _TABLES = [
     """CREATE TABLE IF NOT EXISTS events (
@@ -105,6 +107,7 @@ class Unit:
     county: str
     hub_id: str
     body: dict[str, Any]
+    retained: bool = False  # a status the broker kept from before this worker subscribed
 
 
 @dataclass(frozen=True)
@@ -135,11 +138,12 @@ class CentreStore:
         self._clock = clock
         self._lock = threading.Lock()
         text = str(where)
+        self._where = text
         self.postgres = text.startswith(("postgresql:", "postgres:"))
         if self.postgres:
             import psycopg
 
-            self._db: Any = psycopg.connect(text, autocommit=True)
+            self._db: Any = psycopg.connect(text, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
             self._errors: tuple[type[Exception], ...] = (psycopg.Error,)
         else:
             import sqlite3
@@ -186,10 +190,18 @@ class CentreStore:
         return {row[1] for row in self._db.execute(f"PRAGMA table_info({table})").fetchall()}
 
     def _begin(self) -> None:
+        if self.postgres and self._db.closed:
+            # The server restarted or failed over since the last transaction: connect again. (What
+            # the lost connection was writing was not acknowledged: the hubs send it again.)
+            import psycopg
+
+            self._db = psycopg.connect(self._where, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
         # SQLite: take the write lock first, so another worker cannot slip in between.
         self._execute("BEGIN" if self.postgres else "BEGIN IMMEDIATE")
 
     def _rollback(self) -> None:
+        if self.postgres and self._db.closed:
+            return  # the connection is gone, and its transaction with it
         in_transaction = (
             self._db.info.transaction_status != 0 if self.postgres else self._db.in_transaction  # 0: idle
         )
@@ -273,6 +285,16 @@ class CentreStore:
 
     def _status(self, unit: Unit, now: str, wall: float) -> None:
         state = unit.body["state"]
+        if unit.retained:
+            # A worker that (re)subscribes is handed every hub's retained status again: news only
+            # about a hub the store has never heard of. For the others the store knows better (a
+            # hub still "online" by its retained birth may have stopped its heartbeats since).
+            self._execute(
+                "INSERT INTO hubs (hub_id, county, state, state_at, offline_after) VALUES (?,?,?,?,?)"
+                " ON CONFLICT (hub_id) DO NOTHING",
+                (unit.hub_id, unit.county, state, now, wall + MISSED_HEARTBEATS * self.heartbeat_s),
+            )
+            return
         if state == "online":
             expected = (wall, MISSED_HEARTBEATS, self.heartbeat_s)  # for the SET clause
             # Until its first heartbeat says otherwise, the hub is expected at the county's interval.
@@ -387,6 +409,15 @@ class CentreStore:
                 (county,),
             ).fetchone()
         return int(row[0])
+
+    def holds(self, county: str) -> bool:
+        """Whether anything of `county` (its hubs, their events) is stored already."""
+        with self._lock:
+            row = self._execute(
+                "SELECT EXISTS (SELECT 1 FROM hubs WHERE county = ?) OR EXISTS (SELECT 1 FROM events WHERE county = ?)",
+                (county, county),
+            ).fetchone()
+        return bool(row[0])
 
     def hubs(self) -> dict[str, dict[str, Any]]:
         keys = ("hub_id", "county", "state", "last_heartbeat_at", "heartbeat_s", "offline_after", "offline_since")

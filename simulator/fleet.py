@@ -45,6 +45,7 @@ COUNTY = "fleet"
 CUT_DOWN_S = 2.0  # how long the district's line is dead in a reconnect storm
 RECONNECT_ALARMS = 100  # raised as the line returns
 SETTLE_LIMIT_S = 180.0  # give up waiting for the fleet to settle after this long
+STOP_S = 30.0  # a hub process that has not stopped its hubs by then is killed
 
 
 @dataclass
@@ -70,6 +71,7 @@ class ProcessMeter:
 
     def __init__(self, name: str, pid: int) -> None:
         self.name, self.pid = name, pid
+        self._last_cpu = 0.0
         self._start_cpu = self.cpu_s()
         self._start = time.monotonic()
         self.end_cpu: float | None = None
@@ -77,14 +79,19 @@ class ProcessMeter:
         self.peak_rss_mb: float | None = None
 
     def cpu_s(self) -> float:
+        """CPU seconds so far; once the process is gone, the last figure read."""
         try:
             fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
-            return self.end_cpu or 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            return self._last_cpu
+        self._last_cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return self._last_cpu
 
     def finish(self) -> None:
-        """Read the figures now (while the process still runs)."""
+        """Read the figures now (while the process still runs); only the first call counts, so a
+        process measured just before it is killed keeps the window it ran in."""
+        if self.end is not None:
+            return
         self.end_cpu, self.end = self.cpu_s(), time.monotonic()
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -141,8 +148,9 @@ class HubProcess:
         return await self._send({"cmd": command, **fields})
 
     async def stop(self) -> None:
-        with contextlib.suppress(RuntimeError, ConnectionError):
-            await asyncio.wait_for(self.ask("stop"), 30)
+        """Ask it to stop its hubs (each says `offline`); kill it if it has not within STOP_S."""
+        with contextlib.suppress(RuntimeError, ConnectionError, TimeoutError):
+            await asyncio.wait_for(self.ask("stop"), STOP_S)
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
         await self.process.wait()
@@ -173,7 +181,28 @@ class Fleet:
         self.marks: dict[str, float] = {}  # what happened when (monotonic)
         self.killed_centre: str | None = None
 
+    def _fresh_store(self) -> None:
+        """Every figure is this run's: the fleet's own SQLite file and latency logs from an earlier run
+        in the same --workdir go; a --db that holds an earlier run is refused (its hubs have the
+        same ids and sequence numbers, so its alarms would count as doubled, its hubs as offline)."""
+        for n in range(self.o.centre_workers):
+            (self.workdir / f"centre-{n + 1}.latency.jsonl").unlink(missing_ok=True)
+        if self.o.db is None:
+            for suffix in ("", "-wal", "-shm"):
+                Path(self.db + suffix).unlink(missing_ok=True)
+            return
+        store = CentreStore(self.db)
+        try:
+            if store.holds(COUNTY):
+                raise RuntimeError(
+                    f"the --db store holds an earlier fleet run (county {COUNTY!r}), which would count in this "
+                    "run's figures (its alarms as doubled, its hubs as offline); give --db an empty database"
+                )
+        finally:
+            store.close()
+
     async def start(self) -> None:
+        self._fresh_store()
         self.broker.start()
         for n in range(self.o.centre_workers):
             name = f"centre-{n + 1}"
@@ -209,7 +238,12 @@ class Fleet:
 
     async def status(self) -> dict[str, int]:
         answers = await asyncio.gather(*(w.ask("status") for w, _, _ in self.workers))
-        return {key: sum(a[key] for a in answers) for key in ("connected", "raised", "acked")}
+        return {key: sum(a[key] for a in answers) for key in ("connected", "raised", "acked", "scheduled")}
+
+    async def alarms_due(self) -> int:
+        """Alarms raised so far plus those asked for and still to be raised (spread over a second)."""
+        status = await self.status()
+        return status["raised"] + status["scheduled"]
 
     async def wait_for(self, what: str, done: Callable[[dict[str, int]], bool], limit_s: float) -> float | None:
         """Poll the workers until `done(status)`; the seconds it took, or None if it never was."""
@@ -250,8 +284,7 @@ class Fleet:
             if o.kill_centre_worker and len(self.centres) > 1:
                 await self._until(storm_at + 0.3, "storm")
                 victim = self.centres[0]
-                await victim.kill()
-                self.killed_centre = victim.name
+                await self.kill_centre(victim)
                 self.marks["centre_killed"] = time.monotonic()
                 self.say(f"SIGKILLed {victim.name} in the middle of the storm")
         if o.reconnect_storm:
@@ -260,7 +293,7 @@ class Fleet:
             await asyncio.gather(*(w.ask("cut", down_s=CUT_DOWN_S) for w, _, _ in self.workers))
             self.marks["line_back"] = time.monotonic()
             await self.raise_alarms(RECONNECT_ALARMS, "reconnect", self.marks["line_back"])
-            total = (await self.status())["raised"]
+            total = await self.alarms_due()  # the alarms just asked for too: settled means acked
             after = await self.wait_for(
                 "reconnecting",
                 lambda s: s["connected"] == o.hubs and s["acked"] >= total,
@@ -270,11 +303,19 @@ class Fleet:
         await self._until(begin + o.duration_s, "heartbeats")
         for meter in self.meters:
             meter.finish()
-        raised = (await self.status())["raised"]
-        await self.wait_for("last acks", lambda s: s["acked"] >= raised, 120)
+        due = await self.alarms_due()
+        await self.wait_for("last acks", lambda s: s["acked"] >= due, 120)
         self.marks["end"] = time.monotonic()
         results = await asyncio.gather(*(w.ask("results") for w, _, _ in self.workers))
         return self._summary(results, settle)
+
+    async def kill_centre(self, victim: ChildProcess) -> None:
+        """SIGKILL a centre worker, its CPU and memory read first (afterwards /proc has nothing)."""
+        for meter in self.meters:
+            if meter.name == victim.name:
+                meter.finish()
+        await victim.kill()
+        self.killed_centre = victim.name
 
     async def _until(self, moment: float, what: str) -> None:
         while (left := moment - time.monotonic()) > 0:
@@ -348,8 +389,11 @@ class Fleet:
         return [x for x in lines if x.get("kind") == "heartbeat"]
 
     def _heartbeat_latencies(self) -> dict[str, Any]:
+        """The heartbeats committed in the measured window: every hub up, then --duration (not the
+        wait for the last acks after it)."""
         begin = self.started_wall + (self.marks["all_connected"] - self.marks["start"])
-        values = [1000 * x["latency_s"] for x in self._latency_lines() if x["t"] >= begin]
+        end = begin + self.o.duration_s
+        values = [1000 * x["latency_s"] for x in self._latency_lines() if begin <= x["t"] <= end]
         return {"stored": len(values), "latency_ms": latency_summary(values)}
 
     def _heartbeat_points(self) -> list[tuple[float, float]]:

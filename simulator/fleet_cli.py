@@ -44,7 +44,9 @@ def add_parser(sub: Any) -> None:
     fleet.add_argument("--ramp-s", type=float, help="bring the hubs up over this long (default: one heartbeat, ≤ 60)")
     fleet.add_argument("--processes", type=int, default=4, help="hub processes (default: %(default)s)")
     fleet.add_argument("--centre-workers", type=int, default=2, help="centre processes (default: %(default)s)")
-    fleet.add_argument("--db", help="the centre's store: a SQLite file, or postgresql://… (default: SQLite in workdir)")
+    fleet.add_argument(
+        "--db", help="the centre's store, empty: a SQLite file, or postgresql://… (default: SQLite in workdir)"
+    )
     fleet.add_argument(
         "--kill-centre-worker", action="store_true", help="SIGKILL one centre worker in the middle of the storm"
     )

@@ -94,7 +94,6 @@ class Worker:
             port=self.proxy.port,
             heartbeat_s=spec["heartbeat_s"],
             keepalive_s=spec["keepalive_s"],
-            connect_timeout_s=10.0,
         )
         retry = RetryPolicy(first_s=spec["resend_first_s"])
         for index in range(spec["first"], spec["first"] + spec["count"]):
@@ -121,6 +120,7 @@ class Worker:
             "connected": sum(hub.uplink.connected.is_set() for hub in self.hubs),
             "raised": len(raised),
             "acked": sum(r.acked_mono is not None for r in raised),
+            "scheduled": len(self._timers),  # alarms asked for and not raised yet
         }
 
     def alarms(self, at: float, spread_s: float, indices: list[int], label: str) -> dict[str, Any]:

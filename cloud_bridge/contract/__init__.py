@@ -114,7 +114,12 @@ def decode(kind: str, payload: bytes | bytearray | str | None) -> dict[str, Any]
         message = json.loads(payload if payload is not None else b"")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ContractError(kind, [Problem("$", f"not UTF-8 JSON: {exc}")]) from None
-    validate(kind, message)
+    except RecursionError:  # hundreds of nested brackets: no message of ours, and it must not end the uplink
+        raise ContractError(kind, [Problem("$", "JSON nested too deeply")]) from None
+    try:
+        validate(kind, message)
+    except RecursionError:  # parsed just below the limit, then too deep for the validator
+        raise ContractError(kind, [Problem("$", "JSON nested too deeply")]) from None
     return message
 
 

@@ -151,6 +151,24 @@ def test_a_last_will_is_an_offline_alarm_only_if_the_hub_is_not_back_within_the_
         store.close()
 
 
+def test_a_retained_birth_handed_to_a_resubscribing_worker_does_not_bring_a_silent_hub_back(db: str) -> None:
+    """A hub still connected (its retained status says online) whose heartbeats stopped is offline;
+    a worker that reconnects gets that old retained status again, and it must not count as news."""
+    clock = Clock()
+    store = CentreStore(db, clock=clock)
+    try:
+        store.write([status("hub-1", "online"), heartbeat("hub-1", interval_s=10.0)], "c")
+        clock.now += 31.0
+        assert [a.kind for a in store.sweep("c")] == ["hub.offline"]
+        again = Unit("status", COUNTY, "hub-1", status("hub-1", "online").body, retained=True)
+        store.write([again, Unit("status", COUNTY, "hub-2", status("hub-2", "online").body, retained=True)], "c")
+        assert store.hubs()["hub-1"]["offline_since"] is not None, "still offline: nothing new was heard"
+        assert [a["kind"] for a in store.centre_alarms()] == ["hub.offline"]
+        assert store.hubs()["hub-2"]["state"] == "online", "a hub never heard of is taken from its retained state"
+    finally:
+        store.close()
+
+
 async def test_alarms_are_committed_ahead_of_a_storm_of_statuses_and_heartbeats() -> None:
     inbox = Inbox()
     for n in range(300):
@@ -206,3 +224,25 @@ async def _until(condition: Any, timeout_s: float = 15.0) -> None:
     async with asyncio.timeout(timeout_s):
         while not condition():
             await asyncio.sleep(0.02)
+
+
+def test_a_postgresql_restart_refuses_one_commit_and_the_next_reconnects(postgres_url: str) -> None:
+    """A failover or restart drops the centre's connection: the commit it breaks is refused (so not
+    acknowledged, and resent by the hubs), and the next one connects again instead of failing for
+    good or ending the worker."""
+    import psycopg
+
+    from simulator.postgres import admin_url
+
+    store = CentreStore(postgres_url)
+    try:
+        store.record_event(alarm("hub-1", 1), "centre-1")
+        with psycopg.connect(admin_url(), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (store._db.info.backend_pid,))
+        (refused,) = store.write([Unit("event", COUNTY, "hub-1", alarm("hub-1", 2))], "centre-1")
+        assert isinstance(refused, store.errors), "refused as an outcome, not raised"
+        (stored,) = store.write([Unit("event", COUNTY, "hub-1", alarm("hub-1", 2))], "centre-1")
+        assert [r.copies for r in stored] == [1] and store.sweep("centre-1") == []
+        assert [r["seq"] for r in store.events()] == [1, 2]
+    finally:
+        store.close()

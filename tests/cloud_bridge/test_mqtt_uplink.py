@@ -266,14 +266,14 @@ async def test_a_line_that_resets_every_connection_for_a_while_does_not_end_the_
     async with TcpProxy(broker.host, broker.port) as line:
         config = MqttConfig(
             host="127.0.0.1", port=line.port, heartbeat_s=5, reconnect_min_s=0.05, reconnect_max_s=0.2,
-            connect_timeout_s=0.5,
+            connect_timeout_s=30,  # a reset before the CONNACK fails the attempt at once, not after this
         )  # fmt: skip
         uplink = MqttUplink(config, HUB, COUNTY, outbox, on_ack, on_command)
         tasks = [asyncio.create_task(centre.run()), asyncio.create_task(uplink.run())]
         try:
             await asyncio.wait_for(uplink.connected.wait(), 10)
             await line.set_mode("reset")
-            async with asyncio.timeout(10):  # session after session fails, each accepted, then cut
+            async with asyncio.timeout(15):  # attempt after attempt fails, each accepted, then cut
                 while line.stats.reset_at_once < 5:
                     await asyncio.sleep(0.02)
             assert not tasks[1].done(), "the uplink must never end on its own"

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -80,6 +81,7 @@ def settings_for(tmp_path: Path, broker: PrivateBroker, prompt_cache: Path, ca: 
             "command_ca": str(ca.cert),
         },
         "outbox": {"resend_first_s": 0.5, "resend_cap_s": 1.0},
+        "clock": {"sync": "assume"},  # the hub judges a command's age by its clock (see the unsynced test)
         "devices": [{"id": "cord", "kind": "pullcord", "transport": "gpio", "pin": 17}],
     }
 
@@ -177,19 +179,20 @@ class Hub:
 @pytest.fixture
 async def start(
     tmp_path: Path, broker: PrivateBroker, prompt_cache: Path, ca: CaFiles
-) -> AsyncIterator[Callable[[], Awaitable[Hub]]]:
+) -> AsyncIterator[Callable[..., Awaitable[Hub]]]:
     background: list[asyncio.Task[Any]] = []
     services: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
     centre = Centre(broker.host, broker.port, tmp_path / "centre.sqlite3")
     desk = Desk(broker)
     background += [asyncio.create_task(centre.run()), asyncio.create_task(desk.run())]
 
-    async def starter() -> Hub:
+    async def starter(**overrides: Any) -> Hub:
         for stop, task in services:  # a restart: the running service stops first
             stop.set()
             await asyncio.wait_for(task, WAIT)
         services.clear()
-        service = HubService(HubConfig.model_validate(settings_for(tmp_path, broker, prompt_cache, ca)))
+        settings = settings_for(tmp_path, broker, prompt_cache, ca) | overrides
+        service = HubService(HubConfig.model_validate(settings))
         stop = asyncio.Event()
         services.append((stop, asyncio.create_task(service.run(stop))))
         await asyncio.wait_for(service.ready.wait(), WAIT)
@@ -323,6 +326,30 @@ async def test_stale_and_future_commands_are_refused_by_the_hubs_clock(start: An
     await _refused(hub, ahead, "future", ahead["cmd_id"])
     for fine in (at(now - timedelta(seconds=limit - 1)), at(now + timedelta(seconds=29))):
         assert (await hub.desk.send(fine))["outcome"] == "ok"
+
+
+async def test_with_its_clock_not_synchronised_the_hub_takes_only_commands_newer_than_the_last(
+    start: Any, ca: CaFiles, tmp_path: Path
+) -> None:
+    """After a power cut a Pi's clock may be anything until NTP answers: the age of a command cannot
+    be judged, so a command is taken if it is newer than the newest carried out (a replay of an older
+    one is refused), whatever the hub's clock says."""
+    hub = await start(clock={"sync": f"file:{tmp_path / 'never-synchronised'}"})
+    assert not hub.service.timesync.trusted
+    hub.service.commands.now = lambda: datetime(1970, 1, 1, tzinfo=UTC)  # where a Pi without RTC may start
+
+    def at(moment: datetime) -> dict[str, Any]:
+        return signed(ca, "status", issued_at=moment.isoformat().replace("+00:00", "Z"))
+
+    real = datetime.now(UTC)
+    first, older, newer = at(real - timedelta(seconds=5)), at(real - timedelta(seconds=60)), at(real)
+    assert (await hub.desk.send(first))["outcome"] == "ok", "not refused as 'future' by a clock in 1970"
+    answer = await _refused(hub, older, "stale", older["cmd_id"])
+    assert "not synchronised" in answer["reason"]
+    assert (await hub.desk.send(newer))["outcome"] == "ok"
+    hub = await start(clock={"sync": f"file:{tmp_path / 'never-synchronised'}"})  # restarted: it remembers
+    replayed_order = at(real - timedelta(seconds=1))
+    await _refused(hub, replayed_order, "stale", replayed_order["cmd_id"])
 
 
 async def test_a_command_for_another_hub_is_refused(start: Any, ca: CaFiles) -> None:
@@ -586,6 +613,118 @@ async def test_a_bad_configuration_is_refused_or_rolled_back_and_the_old_file_st
     assert status["outcome"] == "ok" and status["data"]["uplink_connected"] is True, "the hub still works"
     with contextlib.suppress(FileNotFoundError):
         assert not config.with_name("hub.toml.trial.json").exists()
+
+
+# --- a configuration that would cut the hub off, or one on top of another, never starts -----------
+
+
+def _on_trial(hub: Hub, tmp_path: Path, broker: PrivateBroker, prompt_cache: Path, ca: CaFiles) -> asyncio.Event:
+    """Give the in-process hub what run_forever gives it: its file, a ConfigTrial and a restart
+    (here it only records that the hub asked for one)."""
+    from hub.config_store import ConfigStore
+    from hub.config_trial import ConfigTrial
+
+    path = tmp_path / "hub.toml"
+    path.write_text(hub_toml(tmp_path, broker, prompt_cache, ca))
+    restarted = asyncio.Event()
+    hub.service.commands.trial = ConfigTrial(ConfigStore(path))
+    hub.service.commands.restart = restarted.set
+    return restarted
+
+
+async def _answer_or_restart(hub: Hub, message: dict[str, Any], restarted: asyncio.Event) -> dict[str, Any] | None:
+    """The hub's answer to a config command, or None if it restarted to try the configuration."""
+    after = len(hub.desk.answers)
+    await hub.desk.publish(message)
+    answer = asyncio.create_task(hub.desk.answer(message["cmd_id"], after))
+    restart = asyncio.create_task(restarted.wait())
+    done, pending = await asyncio.wait({answer, restart}, timeout=WAIT, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    return answer.result() if answer in done else None
+
+
+async def test_a_configuration_that_would_cut_the_hub_off_is_refused(
+    start: Any, tmp_path: Path, broker: PrivateBroker, prompt_cache: Path, ca: CaFiles
+) -> None:
+    hub = await start()
+    restarted = _on_trial(hub, tmp_path, broker, prompt_cache, ca)
+    config = tmp_path / "hub.toml"
+    before = config.read_bytes()
+    current = hub_toml(tmp_path, broker, prompt_cache, ca)
+
+    elsewhere = current.replace(f'data_dir = "{tmp_path / "hub"}"', f'data_dir = "{tmp_path / "elsewhere"}"')
+    answer = await _answer_or_restart(hub, signed(ca, "config", {"toml": elsewhere}), restarted)
+    assert answer is not None, "the hub restarted on an empty journal, leaving its unacknowledged alarms behind"
+    assert (answer["outcome"], answer["code"]) == ("refused", "bad_config")
+    assert "data_dir" in answer["reason"]
+
+    deaf = current.replace(f'command_ca = "{ca.cert}"', f'command_ca = "{tmp_path / "no-such-ca.crt"}"')
+    answer = await _answer_or_restart(hub, signed(ca, "config", {"toml": deaf}), restarted)
+    assert answer is not None, "the hub would refuse every later command, even the one that fixes it"
+    assert (answer["outcome"], answer["code"]) == ("refused", "bad_config")
+    assert "no-such-ca.crt" in answer["reason"]
+
+    assert not restarted.is_set() and config.read_bytes() == before
+    assert not config.with_name("hub.toml.trial.json").exists()
+
+
+async def test_a_second_configuration_is_refused_until_the_first_has_its_answer(
+    start: Any, tmp_path: Path, broker: PrivateBroker, prompt_cache: Path, ca: CaFiles
+) -> None:
+    hub = await start()
+    restarted = _on_trial(hub, tmp_path, broker, prompt_cache, ca)
+    config = tmp_path / "hub.toml"
+    before = config.read_bytes()
+    unreachable = hub_toml(tmp_path, broker, prompt_cache, ca).replace(f"port = {broker.port}", f"port = {free_port()}")
+    first = signed(ca, "config", {"toml": unreachable, "trial_s": 5})
+    assert await _answer_or_restart(hub, first, restarted) is None, "the first one is being tried"
+
+    # A second one, before the restart or while the first is on trial: had it been written, the
+    # untried first file would have become the "last good" one, and the roll-back its prisoner.
+    second = signed(ca, "config", {"toml": hub_toml(tmp_path, broker, prompt_cache, ca, "\n# second\n")})
+    answer = await hub.desk.send(second)
+    assert (answer["outcome"], answer["code"]) == ("refused", "busy")
+    assert first["cmd_id"] in answer["reason"]
+    assert config.with_name("hub.toml.last-good").read_bytes() == before, "the file that worked"
+    assert json.loads(config.with_name("hub.toml.trial.json").read_text())["cmd_id"] == first["cmd_id"]
+    assert config.read_text() == unreachable
+
+
+async def test_a_message_being_rendered_does_not_hold_up_the_centres_acks(
+    start: Any, tmp_path: Path, ca: CaFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = await start()
+    espeak = shutil.which("espeak-ng")
+    assert espeak is not None
+    gate, started, bin_dir = tmp_path / "gate", tmp_path / "espeak-started", tmp_path / "bin"
+    os.mkfifo(gate)
+    bin_dir.mkdir()
+    slow = bin_dir / "espeak-ng"  # espeak-ng that waits (a loaded Pi, a long text) until the test opens the gate
+    slow.write_text(f'#!/bin/sh\n: > "{started}"\ncat "{gate}" > /dev/null\nexec "{espeak}" "$@"\n')
+    slow.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    say = signed(ca, "say", {"text": "请稍等"})
+    after = len(hub.desk.answers)
+    await hub.desk.publish(say)
+    try:
+        await until(started.exists)
+        await hub.pull()
+        await until(lambda: hub.service._acknowledged)  # the alarm's ack, read while the voice renders
+        assert not [a for a in hub.desk.answers[after:] if a["cmd_id"] == say["cmd_id"]]
+    finally:
+        await asyncio.to_thread(lambda: gate.open("w").close())  # let espeak-ng go on
+    answer = await hub.desk.answer(say["cmd_id"], after)
+    assert (answer["outcome"], answer["code"]) == ("ok", "done")
+
+
+async def test_a_deeply_nested_command_is_refused_without_dropping_the_connection(
+    start: Any, ca: CaFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub = await start()
+    await _refused(hub, b"[" * 100_000 + b"]" * 100_000, "malformed", None)
+    assert "uplink failed" not in caplog.text, "the session the alarms go over stayed up"
+    assert (await hub.desk.send(signed(ca, "status")))["outcome"] == "ok"
 
 
 # --- `anju command`: the centre's side ----------------------------------------------------------

@@ -11,10 +11,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import socket
+import sqlite3
+import tty
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 import yaml
 
 from hub import doctor
@@ -121,3 +126,102 @@ async def test_a_wrong_configuration_exits_2_naming_the_field(
     status = await asyncio.to_thread(doctor.main, argparse.Namespace(config=config, json=False))
     assert status == 2
     assert f"{config}:6: mqtt.port" in capsys.readouterr().err
+
+
+def _pty() -> tuple[int, int, str]:
+    """A pseudo-terminal as a serial port: the far end (the dongle), the port as the hub holds it
+    open, and the port's name."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    os.set_blocking(master, False)
+    return master, slave, os.ttyname(slave)
+
+
+def _sent_to(master: int) -> bytes:
+    try:
+        return os.read(master, 4096)
+    except BlockingIOError:
+        return b""
+
+
+async def test_a_hub_that_does_not_answer_keeps_its_serial_ports_to_itself(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hub that is busy or hung still has the Zigbee coordinator and the modem open. The doctor
+    once took "no answer on the control socket within 3 s" for "no hub" and sent SYS_PING and AT
+    commands down the same ports: two readers of one tty each get part of the other's frames."""
+    monkeypatch.setattr(doctor, "STATUS_TIMEOUT_S", 0.2)
+    coordinator, hub_zigbee, zigbee_port = _pty()
+    modem, hub_modem, modem_port = _pty()
+    data = tmp_path / "hub"
+    data.mkdir()
+    config = tmp_path / "hub.toml"
+    raw = {
+        "hub_id": "hub-busy",
+        "county": "minle",
+        "household_id": "hh-busy",
+        "data_dir": str(data),
+        "gpio": {"pin_factory": "mock"},
+        "audio": {"player": "record"},
+        "mqtt": {"host": "127.0.0.1", "port": 9, "connect_timeout_s": 1},
+        "zigbee": {"port": zigbee_port},
+        "uplinks": [{"type": "mqtt"}, {"type": "sms", "port": modem_port, "numbers": ["+8612345678901"]}],
+        "devices": [{"id": "smoke", "kind": "smoke", "transport": "zigbee", "ieee": "00:0d:6f:00:0a:90:69:e7"}],
+    }
+    config.write_text(tomli_w.dumps(raw))
+    busy_hub = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # listens, never answers
+    busy_hub.bind(str(data / "control.sock"))
+    busy_hub.listen()
+    try:
+        status, out = await _doctor(config, capsys)
+        document_status, document = await _doctor(config, capsys, as_json=True)
+    finally:
+        busy_hub.close()
+        sent = _sent_to(coordinator) + _sent_to(modem)
+        for fd in (coordinator, hub_zigbee, modem, hub_modem):
+            os.close(fd)
+
+    assert sent == b"", "nothing was written to the hub's serial ports"
+    assert status == 1 and "hub hub-busy, there, but not answering" in out
+    for check in ("zigbee", "modem", "gpio"):
+        line = _line(out, check)
+        assert line.startswith("FAIL") and "not probed: a hub listens on" in line, line
+    assert "run `anju doctor` again in a minute" in _line(out, "zigbee")
+    report = json.loads(document)
+    assert document_status == 1 and report["hub_running"] is True and report["hub_answered"] is False
+
+
+def test_the_journal_check_is_cut_short_on_a_large_journal_and_never_advises_deleting_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """quick_check reads the whole journal (hundreds of MB on a hub that has run for a while): it
+    now stops at its share of the check's time instead of leaving a thread the doctor waits for at
+    exit. And a damaged journal's fix was "delete it", which loses the unacknowledged alarms the hub
+    would carry over itself at its next start."""
+    data = tmp_path / "hub"
+    data.mkdir()
+    config = doctor.load_config(_minimal_config(tmp_path, data))
+    path = data / "journal.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, details TEXT)")
+        db.executemany("INSERT INTO events (details) VALUES (?)", (("x" * 400,) for _ in range(20_000)))
+
+    with monkeypatch.context() as short:
+        short.setattr(doctor, "CHECK_TIMEOUT_S", 0.0)  # as if the file were far larger than this one
+        cut = doctor._journal(config)
+    assert cut.status == "warn" and "quick_check not finished within 0 s" in cut.found, cut
+    assert doctor._journal(config).status == "ok"
+
+    with path.open("r+b") as file:  # a page in the middle overwritten
+        file.seek(4096 * 200)
+        file.write(bytes(range(256)) * 16)
+    damaged = doctor._journal(config)
+    assert damaged.status == "fail" and damaged.fix is not None
+    assert "restart the hub" in damaged.fix and "delete it;" not in damaged.fix
+
+
+def _minimal_config(tmp_path: Path, data: Path) -> Path:
+    path = tmp_path / "hub.toml"
+    raw = {"hub_id": "hub-1", "county": "minle", "household_id": "hh-1", "data_dir": str(data)}
+    path.write_text(tomli_w.dumps(raw))
+    return path

@@ -191,6 +191,36 @@ def test_install_service_takes_the_data_directory_from_the_configuration(tmp_pat
     assert "the configuration is not valid, fix it first" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("options", "refusal"),
+    [
+        (["--config", "/etc/hub.toml"], "the configuration's directory /etc is shared with the rest of the system"),
+        (["--data-dir", "/var/lib"], "the data directory /var/lib is shared with the rest of the system"),
+        (["--config", "/home/pi/hub.toml"], "is under /home, which the service cannot see"),
+        (["--data-dir", "/tmp/anju"], "is under /tmp, which the service cannot see"),
+        (["--data-dir", "/srv/someone"], "belongs to another user (uid 1234)"),
+    ],
+)
+def test_install_service_never_gives_a_shared_or_hidden_directory_to_the_hub(
+    tmp_path: Path, capsys, options: list[str], refusal: str
+) -> None:
+    """`--config /etc/hub.toml` once planned to chown /etc to the hub's user, mode 0750, and let the
+    unit write all of it; a home directory was given away, and the unit could not see it anyway."""
+    if "uid 1234" in refusal and os.geteuid() != 0:
+        pytest.skip("needs root to give a directory to another user")
+    root = fake_root(tmp_path, [])
+    (root / "srv/someone").mkdir(parents=True)
+    if os.geteuid() == 0:
+        os.chown(root / "srv/someone", 1234, 1234)
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+
+    assert anju(["install-service", "--root", str(root), "--dry-run", *options]) == 2
+
+    out, err = capsys.readouterr()
+    assert refusal in err and "would:" not in out
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("useradd") is None, reason="needs root and useradd")
 def test_install_service_under_a_root_creates_user_directories_and_enabled_unit(tmp_path: Path, capsys) -> None:
     root = fake_root(tmp_path, ["gpio", "audio"])  # no dialout, no bluetooth on this machine
