@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import resource
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,16 @@ async def play(run: str, hubs: int, duration: float, plot: Path | None) -> dict[
         return await run_fleet(options(run, hubs, duration, url, None), say=_progress)
 
 
+_last_progress = [0.0]
+
+
 def _progress(line: str) -> None:
-    print(f"\r\033[K{line}", end="", file=sys.stderr, flush=True)
+    """On a terminal, one line rewritten in place; in a log, a line every 10 s."""
+    if sys.stderr.isatty():
+        print(f"\r\033[K{line}", end="", file=sys.stderr, flush=True)
+    elif time.monotonic() - _last_progress[0] >= 10:
+        _last_progress[0] = time.monotonic()
+        print(line, file=sys.stderr, flush=True)
 
 
 def table(run: str, s: dict[str, Any]) -> tuple[str, list[dict[str, object]]]:
@@ -65,10 +74,17 @@ def table(run: str, s: dict[str, Any]) -> tuple[str, list[dict[str, object]]]:
     raised = s["alarms"]["raised"]
     acked_all = s["lost"] == 0
     none_lost_or_doubled = acked_all and s["doubled"] == 0
+    centre = s["alarms"].get("centre_ms", {})
+    # The 2 s target is for a storm the centre takes whole; a worker killed mid-storm costs the
+    # alarms it held one resend (3 s), which is the point of that run.
+    judged = not s["centre_worker_killed"]
+    storm_verdict = f"p99 <= 2 s | {_meets(storm.get('p99'), STORM_P99_MS)}" if judged else "(a resend: 1.5-3 s) |"
     rows = [
         f"| alarms acknowledged | {raised - s['lost']} of {raised} | all | {'meets' if acked_all else 'MISSES'} |",
         f"| storm alarm ack p50 / p99 / max | {storm.get('p50')} / {storm.get('p99')} / {storm.get('max')} ms "
-        f"({storm.get('n')} alarms) | p99 <= 2 s | {_meets(storm.get('p99'), STORM_P99_MS)} |",
+        f"({storm.get('n')} alarms) | {storm_verdict} |",
+        f"| of which the centre's part (read off the broker -> committed) p50 / p99 / max | "
+        f"{centre.get('p50')} / {centre.get('p99')} / {centre.get('max')} ms | | |",
         f"| lost / doubled | {s['lost']} / {s['doubled']} | 0 / 0 | {'meets' if none_lost_or_doubled else 'MISSES'} |",
         f"| heartbeat sent → stored p50 / p99 / max | {hb['p50']} / {hb['p99']} / {hb['max']} ms "
         f"({s['heartbeats']['stored']}) | | |",
@@ -108,13 +124,16 @@ def table(run: str, s: dict[str, Any]) -> tuple[str, list[dict[str, object]]]:
         summary_row(
             f"fleet {run}: alarms lost / doubled", f"{s['lost']} / {s['doubled']}", "0 / 0", none_lost_or_doubled
         ),
-        summary_row(
-            f"fleet {run}: storm alarm ack p99 ({s['hubs']} hubs)",
-            f"{storm.get('p99')} ms",
-            "<= 2 s",
-            storm.get("p99") is not None and storm["p99"] <= STORM_P99_MS,
-        ),
     ]
+    if judged:
+        summary.append(
+            summary_row(
+                f"fleet {run}: storm alarm ack p99 ({s['hubs']} hubs)",
+                f"{storm.get('p99')} ms",
+                "<= 2 s",
+                storm.get("p99") is not None and storm["p99"] <= STORM_P99_MS,
+            )
+        )
     if reconnect:
         settle = s["reconnect_settle_s"]
         meets = settle is not None and settle <= SETTLE_S

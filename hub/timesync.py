@@ -28,6 +28,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import dataclasses
+import functools
 import logging
 import sys
 import time
@@ -36,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from hub.model import Event, TimeSource
 
@@ -79,9 +81,10 @@ class _Timex(ctypes.Structure):
     ]
 
 
-def kernel_clock_synchronised() -> bool | None:
-    """Whether the Linux kernel says its clock is NTP-synchronised; None when it cannot be asked
-    (not Linux, no libc, the call refused). Reads only (modes = 0): no CAP_SYS_TIME needed."""
+@functools.cache
+def _adjtimex() -> Any:
+    """libc's adjtimex, looked up once: `find_library` runs `ldconfig` (a process) on every call,
+    which polled every POLL_S cost an idle hub more CPU than everything else it does."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -91,6 +94,15 @@ def kernel_clock_synchronised() -> bool | None:
         return None
     adjtimex.argtypes = [ctypes.POINTER(_Timex)]
     adjtimex.restype = ctypes.c_int
+    return adjtimex
+
+
+def kernel_clock_synchronised() -> bool | None:
+    """Whether the Linux kernel says its clock is NTP-synchronised; None when it cannot be asked
+    (not Linux, no libc, the call refused). Reads only (modes = 0): no CAP_SYS_TIME needed."""
+    adjtimex = _adjtimex()
+    if adjtimex is None:
+        return None
     timex = _Timex()
     state = adjtimex(ctypes.byref(timex))
     if state < 0:

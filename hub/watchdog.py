@@ -64,7 +64,7 @@ async def heartbeat(status: Callable[[], str], interval: float | None = None) ->
     interval = interval_s() if interval is None else interval
     if interval is None and not os.environ.get("NOTIFY_SOCKET"):
         return
-    period = interval if interval is not None else 5.0  # status lines only
+    period = interval if interval is not None else 30.0  # status lines only: a person reads them
     said = ""
     due = time.monotonic()
     while True:

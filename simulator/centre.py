@@ -180,7 +180,7 @@ class Centre:
                 return None
         if kind not in ("event", "events", "heartbeat", "status"):
             return None
-        return Unit(kind, county, hub_id, body, retained=bool(message.retain))
+        return Unit(kind, county, hub_id, body, retained=bool(message.retain), received_ns=time.monotonic_ns())
 
     async def _write_forever(self, client: aiomqtt.Client, inbox: Inbox) -> None:
         """Group commit: take what is queued (alarms first, up to WRITE_MAX), commit it at once, ack it."""
@@ -257,20 +257,23 @@ class Centre:
             log.info("hub %s is %s", hub_id, body["state"])
 
     def _log_latencies(self, units: list[Unit], outcomes: list[Outcome]) -> None:
+        """One line per stored heartbeat and event: `latency_s` from when the hub sent it (its own
+        clock; the same machine in a fleet run), `centre_s` from when this worker read it off the
+        broker to its commit (the centre's own part)."""
         assert self._latency_log is not None
-        now = time.time()
+        now, now_ns = time.time(), time.monotonic_ns()
         for unit, outcome in zip(units, outcomes, strict=True):
-            if isinstance(outcome, Exception):
+            if isinstance(outcome, Exception) or unit.kind not in ("heartbeat", "event"):
                 continue
-            if unit.kind == "heartbeat":
-                sent = [unit.body["at"]]
-            elif unit.kind == "event":
-                sent = [unit.body["occurred_at"]]
-            else:
-                continue
-            for at in sent:
-                line = {"kind": unit.kind, "t": now, "latency_s": round(seconds_since(at), 6), "hub": unit.hub_id}
-                self._latency_log.write(json.dumps(line) + "\n")
+            sent = unit.body["at"] if unit.kind == "heartbeat" else unit.body["occurred_at"]
+            line = {
+                "kind": unit.kind,
+                "t": now,
+                "latency_s": round(seconds_since(sent), 6),
+                "centre_s": round((now_ns - unit.received_ns) / 1e9, 6),
+                "hub": unit.hub_id,
+            }
+            self._latency_log.write(json.dumps(line) + "\n")
 
     async def _sweep_forever(self) -> None:
         """Every `sweep_s`, raise the centre's own alarm for each hub that has gone (see the store)."""

@@ -108,6 +108,7 @@ class Unit:
     hub_id: str
     body: dict[str, Any]
     retained: bool = False  # a status the broker kept from before this worker subscribed
+    received_ns: int = 0  # when the worker read it (CLOCK_MONOTONIC), for its latency log
 
 
 @dataclass(frozen=True)
@@ -211,32 +212,64 @@ class CentreStore:
     # --- writing ----------------------------------------------------------------------------------
 
     def write(self, units: Sequence[Unit], received_by: str) -> list[Outcome]:
-        """Store `units` in one transaction (one fsync), each in a savepoint of its own.
+        """Store `units` in one transaction (one fsync).
 
         Returns one outcome per unit, in order: the `Received` of each event it carried (empty for
-        a heartbeat or status), or the exception that kept it out. If the commit itself fails,
-        every unit's outcome is that exception: nothing was stored."""
+        a heartbeat or status), or the exception that kept it out. The group is tried whole first
+        (one statement per message: the usual case, and the fast one in a storm); if the database
+        refuses any of it, the group is tried again with each unit in a savepoint of its own, so
+        only the refused ones are left out. If the commit itself fails, every unit's outcome is
+        that exception: nothing was stored."""
+        # Written in one global order (by hub, then event id; a hub's own messages keep theirs):
+        # statuses reach every worker, and two PostgreSQL transactions updating the same hubs in
+        # different orders would deadlock, costing a second each and the whole group.
+        order = sorted(range(len(units)), key=lambda i: (units[i].hub_id, units[i].body.get("event_id", "")))
+        outcomes = self._write_ordered([units[i] for i in order], received_by)
+        in_place: list[Outcome] = [[] for _ in units]
+        for position, i in enumerate(order):
+            in_place[i] = outcomes[position]
+        return in_place
+
+    def _write_ordered(self, units: Sequence[Unit], received_by: str) -> list[Outcome]:
         now, mono_ns, wall = iso_now(), time.monotonic_ns(), self._clock()
-        outcomes: list[Outcome] = []
         with self._lock:
             try:
                 self._begin()
-                for unit in units:
-                    self._execute("SAVEPOINT unit")
-                    try:
-                        outcomes.append(self._write_unit(unit, received_by, now, mono_ns, wall))
-                        self._execute("RELEASE SAVEPOINT unit")
-                    except self._errors as exc:
-                        self._execute("ROLLBACK TO SAVEPOINT unit")
-                        self._execute("RELEASE SAVEPOINT unit")
-                        outcomes.append(exc)
+                outcomes: list[Outcome] = [self._write_unit(unit, received_by, now, mono_ns, wall) for unit in units]
                 self._execute("COMMIT")
+                return outcomes
             except self._errors as exc:
                 self._rollback()
-                return [exc] * len(units)
+                if len(units) == 1:
+                    return [exc]
             except BaseException:
                 self._rollback()
                 raise
+            return self._write_each(units, received_by, now, mono_ns, wall)
+
+    def _write_each(
+        self, units: Sequence[Unit], received_by: str, now: str, mono_ns: int, wall: float
+    ) -> list[Outcome]:
+        """The group again, each unit in a savepoint: the refused ones out, the rest committed."""
+        outcomes: list[Outcome] = []
+        try:
+            self._begin()
+            for unit in units:
+                self._execute("SAVEPOINT unit")
+                try:
+                    outcomes.append(self._write_unit(unit, received_by, now, mono_ns, wall))
+                    self._execute("RELEASE SAVEPOINT unit")
+                except self._errors as exc:
+                    self._execute("ROLLBACK TO SAVEPOINT unit")
+                    self._execute("RELEASE SAVEPOINT unit")
+                    outcomes.append(exc)
+            self._execute("COMMIT")
+        except self._errors as exc:
+            self._rollback()
+            return [exc] * len(units)
+        except BaseException:
+            self._rollback()
+            raise
         return outcomes
 
     def _write_unit(self, unit: Unit, received_by: str, now: str, mono_ns: int, wall: float) -> list[Received]:
@@ -274,14 +307,15 @@ class CentreStore:
 
     def _heartbeat(self, unit: Unit, now: str, wall: float) -> None:
         interval = float(unit.body.get("interval_s") or self.heartbeat_s)
-        self._execute(
+        offline_since = self._execute(
             "INSERT INTO hubs (hub_id, county, last_heartbeat_at, heartbeat, heartbeat_s, offline_after)"
             " VALUES (?,?,?,?,?,?) ON CONFLICT (hub_id) DO UPDATE SET"
             " last_heartbeat_at = excluded.last_heartbeat_at, heartbeat = excluded.heartbeat,"
-            " heartbeat_s = excluded.heartbeat_s, offline_after = excluded.offline_after",
+            " heartbeat_s = excluded.heartbeat_s, offline_after = excluded.offline_after RETURNING offline_since",
             (unit.hub_id, unit.county, now, json.dumps(unit.body), interval, wall + MISSED_HEARTBEATS * interval),
-        )
-        self._back_online(unit, now, "heartbeat")
+        ).fetchone()[0]
+        if offline_since is not None:
+            self._back_online(unit, offline_since, "heartbeat")
 
     def _status(self, unit: Unit, now: str, wall: float) -> None:
         state = unit.body["state"]
@@ -298,13 +332,14 @@ class CentreStore:
         if state == "online":
             expected = (wall, MISSED_HEARTBEATS, self.heartbeat_s)  # for the SET clause
             # Until its first heartbeat says otherwise, the hub is expected at the county's interval.
-            self._execute(
+            offline_since = self._execute(
                 "INSERT INTO hubs (hub_id, county, state, state_at, offline_after) VALUES (?,?,?,?,?)"
                 " ON CONFLICT (hub_id) DO UPDATE SET state = excluded.state, state_at = excluded.state_at,"
-                " offline_after = ? + ? * COALESCE(hubs.heartbeat_s, ?)",
+                " offline_after = ? + ? * COALESCE(hubs.heartbeat_s, ?) RETURNING offline_since",
                 (unit.hub_id, unit.county, state, now, wall + MISSED_HEARTBEATS * self.heartbeat_s, *expected),
-            )
-            self._back_online(unit, now, "online")
+            ).fetchone()[0]
+            if offline_since is not None:
+                self._back_online(unit, offline_since, "online")
         else:  # its last will, or it said goodbye: offline unless it is back within the grace
             deadline = wall + self.offline_grace_s
             self._execute(
@@ -315,15 +350,15 @@ class CentreStore:
                 (unit.hub_id, unit.county, state, now, deadline, deadline, deadline),
             )
 
-    def _back_online(self, unit: Unit, now: str, how: str) -> None:
-        row = self._execute("SELECT offline_since FROM hubs WHERE hub_id = ?", (unit.hub_id,)).fetchone()
-        if row is None or row[0] is None:
-            return
+    def _back_online(self, unit: Unit, offline_since: str, how: str) -> None:
+        """A hub marked offline (since `offline_since`) is heard again: `hub.online`, once."""
         claimed = self._execute(  # of several workers hearing it, one records it
-            "UPDATE hubs SET offline_since = NULL WHERE hub_id = ? AND offline_since = ?", (unit.hub_id, row[0])
+            "UPDATE hubs SET offline_since = NULL WHERE hub_id = ? AND offline_since = ?", (unit.hub_id, offline_since)
         )
         if claimed.rowcount == 1:
-            self._raise(CentreAlarm(unit.hub_id, unit.county, "hub.online", f"{how} again; offline since {row[0]}"))
+            self._raise(
+                CentreAlarm(unit.hub_id, unit.county, "hub.online", f"{how} again; offline since {offline_since}")
+            )
 
     def _raise(self, alarm: CentreAlarm, by: str = "") -> None:
         self._execute(

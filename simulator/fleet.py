@@ -351,7 +351,7 @@ class Fleet:
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.o).items()},
             "hubs": self.o.hubs,
             "connect_s": round(self.marks["all_connected"] - start, 1),
-            "alarms": {"raised": len(alarms), "latency_ms": latency},
+            "alarms": {"raised": len(alarms), "latency_ms": latency, "centre_ms": self._centre_part()},
             "heartbeats": heartbeats,
             "lost": len({a["event_id"] for a in unacked} | {a["event_id"] for a in missing}),
             "doubled": doubled,
@@ -378,7 +378,12 @@ class Fleet:
             summary["plot"] = str(self.o.plot)
         return summary
 
-    def _latency_lines(self) -> list[dict[str, Any]]:
+    def _centre_part(self) -> dict[str, Any]:
+        """Of the alarms' latency, the centre's own part: read off the broker -> committed."""
+        values = [1000 * x["centre_s"] for x in self._latency_lines("event") if "centre_s" in x]
+        return latency_summary(values)
+
+    def _latency_lines(self, kind: str = "heartbeat") -> list[dict[str, Any]]:
         lines = []
         for centre in self.centres:
             path = self.workdir / f"{centre.name}.latency.jsonl"
@@ -386,7 +391,7 @@ class Fleet:
                 for line in path.read_text().splitlines():
                     with contextlib.suppress(ValueError):
                         lines.append(json.loads(line))
-        return [x for x in lines if x.get("kind") == "heartbeat"]
+        return [x for x in lines if x.get("kind") == kind]
 
     def _heartbeat_latencies(self) -> dict[str, Any]:
         """The heartbeats committed in the measured window: every hub up, then --duration (not the

@@ -117,6 +117,9 @@ def format_summary(s: dict[str, Any]) -> str:
     lines = [f"{s['hubs']} hubs up in {s['connect_s']} s; centre store: {s['db']}"]
     for label, figures in s["alarms"]["latency_ms"].items():
         lines.append(f"  alarms ({label}, {figures['n']}): raised → acked {ms(figures)}")
+    centre = s["alarms"].get("centre_ms") or {}
+    if centre.get("p50") is not None:
+        lines.append(f"    of which the centre's part (read off the broker -> committed): {ms(centre)}")
     hb = s["heartbeats"]
     lines.append(f"  heartbeats ({hb['stored']} stored): sent → stored {ms(hb['latency_ms'])}")
     lines.append(f"  lost: {s['lost']} · doubled: {s['doubled']} · repeated acks: {s['repeated_acks']}")

@@ -85,6 +85,7 @@ class Worker:
         self.proxy = TcpProxy(spec["host"], spec["port"])
         self.hubs: list[FleetHub] = []
         self._timers: set[asyncio.Task[None]] = set()
+        self._waiting = 0  # alarms asked for whose moment has not come
 
     async def start(self) -> None:
         await self.proxy.start()
@@ -120,7 +121,7 @@ class Worker:
             "connected": sum(hub.uplink.connected.is_set() for hub in self.hubs),
             "raised": len(raised),
             "acked": sum(r.acked_mono is not None for r in raised),
-            "scheduled": len(self._timers),  # alarms asked for and not raised yet
+            "scheduled": self._waiting,  # alarms asked for and not raised yet
         }
 
     def alarms(self, at: float, spread_s: float, indices: list[int], label: str) -> dict[str, Any]:
@@ -131,8 +132,11 @@ class Worker:
         return {"scheduled": len(indices)}
 
     def _later(self, at: float, action: Any) -> None:
+        self._waiting += 1
+
         async def run() -> None:
             await asyncio.sleep(max(0.0, at - time.monotonic()))
+            self._waiting -= 1  # in the same step as the action: never counted both as waiting and raised
             action()
 
         task = asyncio.create_task(run())

@@ -246,3 +246,43 @@ def test_a_postgresql_restart_refuses_one_commit_and_the_next_reconnects(postgre
         assert [r["seq"] for r in store.events()] == [1, 2]
     finally:
         store.close()
+
+
+def test_two_workers_writing_the_same_hubs_in_opposite_orders_never_deadlock(postgres_url: str) -> None:
+    """Statuses reach every worker, so two PostgreSQL transactions update the same hubs' rows. Taken
+    in different orders they deadlock (PostgreSQL breaks each after a second, and the whole group
+    with it: a power cut's 20,000 statuses once took 34 s). The store writes in one global order."""
+    import threading
+
+    one, two = CentreStore(postgres_url), CentreStore(postgres_url)
+    hubs = [f"hub-{n:03d}" for n in range(60)]
+    one.write([status(h, "online") for h in hubs], "c1")  # the rows exist: from now on, updates
+
+    def deadlocks() -> int:
+        row = one._execute("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()").fetchone()
+        return int(row[0])
+
+    before = deadlocks()
+    failures: list[object] = []
+
+    def worker(store: CentreStore, order: list[str], name: str) -> None:
+        for round_ in range(8):
+            state = "offline" if round_ % 2 else "online"
+            outcomes = store.write([status(h, state) for h in order], name)
+            failures.extend(o for o in outcomes if isinstance(o, Exception))
+
+    try:
+        threads = [
+            threading.Thread(target=worker, args=(one, hubs, "c1")),
+            threading.Thread(target=worker, args=(two, hubs[::-1], "c2")),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert failures == []
+        one._execute("SELECT pg_stat_clear_snapshot()")
+        assert deadlocks() == before, "the two workers deadlocked"
+    finally:
+        one.close()
+        two.close()
