@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ from typing import Any, Literal
 from hub.config import ConfigError, Dc09UplinkConfig, HubConfig, SmsUplinkConfig, load_config
 from hub.control import request, socket_path
 from hub.model import Transport
+from hub.timesync import kernel_clock_synchronised
 
 SCHEMA = "anju.doctor/1"
 STATUS_TIMEOUT_S = 3.0  # asking the running hub
@@ -513,37 +513,6 @@ def _modem_finding(sim: str, signal_dbm: int | None, registered: bool | None, wh
 # -- the system ----------------------------------------------------------------------------------
 
 
-TIME_ERROR = 5  # ntp_adjtime's answer when the kernel clock is not synchronised (STA_UNSYNC)
-
-
-class _Timex(ctypes.Structure):
-    # struct timex (linux/timex.h): the fields before `tai`, then room for the padding after it.
-    _fields_ = [
-        ("modes", ctypes.c_uint),
-        ("offset", ctypes.c_long),
-        ("freq", ctypes.c_long),
-        ("maxerror", ctypes.c_long),
-        ("esterror", ctypes.c_long),
-        ("status", ctypes.c_int),
-        ("constant", ctypes.c_long),
-        ("precision", ctypes.c_long),
-        ("tolerance", ctypes.c_long),
-        ("time_sec", ctypes.c_long),
-        ("time_usec", ctypes.c_long),
-        ("tick", ctypes.c_long),
-        ("ppsfreq", ctypes.c_long),
-        ("jitter", ctypes.c_long),
-        ("shift", ctypes.c_int),
-        ("stabil", ctypes.c_long),
-        ("jitcnt", ctypes.c_long),
-        ("calcnt", ctypes.c_long),
-        ("errcnt", ctypes.c_long),
-        ("stbcnt", ctypes.c_long),
-        ("tai", ctypes.c_int),
-        ("padding", ctypes.c_int * 11),
-    ]
-
-
 async def check_time(context: Context) -> list[Finding]:
     return [await asyncio.to_thread(_time_sync)]
 
@@ -561,15 +530,12 @@ def _time_sync() -> Finding:
         if answer.strip() == "yes":
             return ok("time", f"synchronised (timedatectl); now {now}")
         return warn("time", f"not synchronised (timedatectl); now {now}", _TIME_FIX)
-    try:
-        state = ctypes.CDLL(None, use_errno=True).ntp_adjtime(ctypes.byref(_Timex()))
-    except (OSError, AttributeError):
+    synchronised = kernel_clock_synchronised()  # the hub's own probe (hub.timesync)
+    if synchronised is None:
         return warn("time", f"cannot tell whether the clock is synchronised; now {now}", _TIME_FIX)
-    if state == TIME_ERROR:
-        return warn(
-            "time", f"the kernel says the clock is not synchronised (adjtimex TIME_ERROR); now {now}", _TIME_FIX
-        )
-    return ok("time", f"synchronised (adjtimex state {state}); now {now}")
+    if not synchronised:
+        return warn("time", f"the kernel says the clock is not synchronised (adjtimex); now {now}", _TIME_FIX)
+    return ok("time", f"synchronised (adjtimex); now {now}")
 
 
 async def check_storage(context: Context) -> list[Finding]:
