@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, percentile, record
+from common import latency_table, machine, record
 
 from simulator.runner import run_scenario
 from simulator.scenario import Scenario
@@ -67,20 +67,10 @@ def main() -> int:
         print("no measurements: the run failed", result["expectations"], file=sys.stderr)
         return 1
 
-    def row(name: str, values: list[float], target: float) -> str:
-        p99 = percentile(values, 99)
-        verdict = "meets" if p99 <= target else "MISSES"
-        return (
-            f"| {name} | {len(values)} | {percentile(values, 50):.2f} | {p99:.2f} | {max(values):.2f} "
-            f"| p99 <= {target:g} ms: {verdict} |"
-        )
-
-    table = "\n".join(
+    table = latency_table(
         [
-            "| measure | n | p50 ms | p99 ms | max ms | target |",
-            "|---|---|---|---|---|---|",
-            row("local alert (pin low -> siren output on)", local, TARGETS["local_alert_ms"]),
-            row("centre ack (pin low -> ack journaled on the hub)", acks, TARGETS["ack_ms"]),
+            ("local alert (pin low -> siren output on)", local, TARGETS["local_alert_ms"]),
+            ("centre ack (pin low -> ack journaled on the hub)", acks, TARGETS["ack_ms"]),
         ]
     )
     rss_line = (

@@ -17,7 +17,7 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
-from simulator.stats import percentile  # noqa: F401  (one definition, shared with anju fleet)
+from simulator.stats import percentile
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
 RESULTS_ENV = "ANJU_BENCH_RESULTS"
@@ -70,3 +70,16 @@ def record(section: str, body: str, summary: list[dict[str, object]] | None = No
         Path(results).mkdir(parents=True, exist_ok=True)
         payload = {"section": section, "body": body.strip(), "summary": summary}
         (Path(results) / f"{slug}.json").write_text(json.dumps(payload, ensure_ascii=False, indent=1))
+
+
+def latency_table(rows: list[tuple[str, list[float], float]]) -> str:
+    """A markdown table of latencies in ms, one row per (measure, values, p99 target)."""
+    lines = ["| measure | n | p50 ms | p99 ms | max ms | target |", "|---|---|---|---|---|---|"]
+    for name, values, target in rows:
+        p99 = percentile(values, 99)
+        verdict = "meets" if p99 <= target else "MISSES"
+        lines.append(
+            f"| {name} | {len(values)} | {percentile(values, 50):.2f} | {p99:.2f} | {max(values):.2f} "
+            f"| p99 <= {target:g} ms: {verdict} |"
+        )
+    return "\n".join(lines)

@@ -246,81 +246,82 @@ async def test_malformed_and_foreign_messages_are_dropped_and_the_uplink_keeps_w
     rig.tap.violations.clear()
 
 
+@dataclass
+class LinedHub:
+    """An uplink reaching the broker through a TcpProxy (`line`), with a centre answering it."""
+
+    line: TcpProxy
+    uplink: MqttUplink
+    outbox: Outbox
+    task: asyncio.Task[None]
+    acked: list[str] = field(default_factory=list)
+
+    async def wait_acked(self, timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            while not self.acked:
+                await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def behind_a_line(
+    broker: PrivateBroker, tmp_path: Path, line_mode: str = "up", **mqtt: Any
+) -> AsyncIterator[LinedHub]:
+    centre = Centre(broker.host, broker.port, tmp_path / "centre.sqlite3")
+    outbox = Outbox(RetryPolicy(first_s=1.0, cap_s=2.0))
+    acked: list[str] = []
+
+    async def on_ack(event_id: str, ack: dict[str, Any]) -> None:
+        if outbox.ack(event_id) is not None:
+            acked.append(event_id)
+
+    async def on_command(command: dict[str, Any]) -> None:
+        pass
+
+    async with TcpProxy(broker.host, broker.port) as line:
+        await line.set_mode(line_mode)  # type: ignore[arg-type]
+        uplink = MqttUplink(
+            MqttConfig(host="127.0.0.1", port=line.port, **mqtt), HUB, COUNTY, outbox, on_ack, on_command
+        )
+        tasks = [asyncio.create_task(centre.run()), asyncio.create_task(uplink.run())]
+        try:
+            yield LinedHub(line, uplink, outbox, tasks[1], acked)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def test_a_line_that_resets_every_connection_for_a_while_does_not_end_the_uplink(
     broker: PrivateBroker, tmp_path: Path
 ) -> None:
     """Connections accepted and reset at once (a load balancer before a dead broker, a district's
     line coming back): the uplink fails session after session, and must still connect once the
     line is back. On Python 3.11 a TaskGroup's leftover cancel request used to end it for good."""
-    centre = Centre(broker.host, broker.port, tmp_path / "centre.sqlite3")
-    outbox = Outbox(RetryPolicy(first_s=1.0, cap_s=2.0))
-    acked: list[str] = []
-
-    async def on_ack(event_id: str, ack: dict[str, Any]) -> None:
-        if outbox.ack(event_id) is not None:
-            acked.append(event_id)
-
-    async def on_command(command: dict[str, Any]) -> None:
-        pass
-
-    async with TcpProxy(broker.host, broker.port) as line:
-        config = MqttConfig(
-            host="127.0.0.1", port=line.port, heartbeat_s=5, reconnect_min_s=0.05, reconnect_max_s=0.2,
-            connect_timeout_s=30,  # a reset before the CONNACK fails the attempt at once, not after this
-        )  # fmt: skip
-        uplink = MqttUplink(config, HUB, COUNTY, outbox, on_ack, on_command)
-        tasks = [asyncio.create_task(centre.run()), asyncio.create_task(uplink.run())]
-        try:
-            await asyncio.wait_for(uplink.connected.wait(), 10)
-            await line.set_mode("reset")
-            async with asyncio.timeout(15):  # attempt after attempt fails, each accepted, then cut
-                while line.stats.reset_at_once < 5:
-                    await asyncio.sleep(0.02)
-            assert not tasks[1].done(), "the uplink must never end on its own"
-            outbox.add(event(EventType.ALARM_EMERGENCY, 1))
-            await line.set_mode("up")
-            await asyncio.wait_for(uplink.connected.wait(), 10)
-            async with asyncio.timeout(10):
-                while not acked:
-                    await asyncio.sleep(0.02)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+    # connect_timeout_s: a reset before the CONNACK fails the attempt at once, not after this
+    settings = {"heartbeat_s": 5, "reconnect_min_s": 0.05, "reconnect_max_s": 0.2, "connect_timeout_s": 30}
+    async with behind_a_line(broker, tmp_path, **settings) as hub:
+        await asyncio.wait_for(hub.uplink.connected.wait(), 10)
+        await hub.line.set_mode("reset")
+        async with asyncio.timeout(15):  # attempt after attempt fails, each accepted, then cut
+            while hub.line.stats.reset_at_once < 5:
+                await asyncio.sleep(0.02)
+        assert not hub.task.done(), "the uplink must never end on its own"
+        hub.outbox.add(event(EventType.ALARM_EMERGENCY, 1))
+        await hub.line.set_mode("up")
+        await asyncio.wait_for(hub.uplink.connected.wait(), 10)
+        await hub.wait_acked(10)
 
 
 async def test_a_new_alarm_cuts_a_long_reconnect_backoff_short(broker: PrivateBroker, tmp_path: Path) -> None:
     """The line was dead long enough for the backoff to grow; an alarm raised when it returns is
     sent at once, not after the 10-20 s the backoff would have waited."""
-    centre = Centre(broker.host, broker.port, tmp_path / "centre.sqlite3")
-    outbox = Outbox(RetryPolicy(first_s=1.0, cap_s=2.0))
-    acked: list[str] = []
-
-    async def on_ack(event_id: str, ack: dict[str, Any]) -> None:
-        if outbox.ack(event_id) is not None:
-            acked.append(event_id)
-
-    async def on_command(command: dict[str, Any]) -> None:
-        pass
-
-    async with TcpProxy(broker.host, broker.port) as line:
-        await line.set_mode("down")
-        config = MqttConfig(host="127.0.0.1", port=line.port, reconnect_min_s=20, reconnect_max_s=60)
-        uplink = MqttUplink(config, HUB, COUNTY, outbox, on_ack, on_command)
-        tasks = [asyncio.create_task(centre.run()), asyncio.create_task(uplink.run())]
-        try:
-            async with asyncio.timeout(10):  # the first attempt is refused: now it backs off for 10-20 s
-                while uplink.down_for() < 0.5:
-                    await asyncio.sleep(0.02)
-            await line.set_mode("up")
-            outbox.add(event(EventType.ALARM_EMERGENCY, 1))
-            async with asyncio.timeout(5):
-                while not acked:
-                    await asyncio.sleep(0.02)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+    async with behind_a_line(broker, tmp_path, "down", reconnect_min_s=20, reconnect_max_s=60) as hub:
+        async with asyncio.timeout(10):  # the first attempt is refused: now it backs off for 10-20 s
+            while hub.uplink.down_for() < 0.5:
+                await asyncio.sleep(0.02)
+        await hub.line.set_mode("up")
+        hub.outbox.add(event(EventType.ALARM_EMERGENCY, 1))
+        await hub.wait_acked(5)
 
 
 async def test_broker_restart_loses_nothing(rig: Rig, tmp_path: Path) -> None:
